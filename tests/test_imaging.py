@@ -1,0 +1,101 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.imaging import ImageError, decode_image, open_image
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+RGB = Image.new("RGB", (40, 30), (200, 10, 10))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_supported_formats_decode_to_rgb(fmt):
+    img = decode_image(encode(RGB, fmt), channels=3)
+    assert img.mode == "RGB" and img.size == (40, 30)
+
+
+def test_grayscale_target_gives_l():
+    assert decode_image(encode(RGB, "PNG"), channels=1).mode == "L"
+
+
+def test_rgba_composited_on_white():
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert decode_image(encode(rgba, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_la_and_cmyk_convert():
+    assert decode_image(encode(RGB.convert("P"), "PNG")).mode == "RGB"
+    assert decode_image(encode(Image.new("LA", (8, 8), (10, 255)), "PNG")).getpixel((0, 0)) == (10, 10, 10)
+    cmyk = decode_image(encode(RGB.convert("CMYK"), "JPEG"))
+    assert cmyk.mode == "RGB" and cmyk.getpixel((5, 5))[0] > 150
+
+
+def test_16_bit_grayscale_is_rescaled_not_clipped():
+    arr = np.full((8, 8), 32768, dtype=np.uint16)
+    img = decode_image(encode(Image.fromarray(arr), "PNG"), channels=1)
+    assert 125 <= img.getpixel((0, 0)) <= 130
+
+
+def test_exif_orientation_is_honoured():
+    tall = Image.new("RGB", (20, 40), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img = decode_image(encode(tall, "JPEG", exif=exif.tobytes()))
+    assert img.size == (40, 20)
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    r, g, b = decode_image(buf.getvalue()).getpixel((0, 0))
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, I am text", "not_an_image"),
+        (b"<html><body>no</body></html>", "not_an_image"),
+        (b"%PDF-1.4\n%...", "not_an_image"),
+    ],
+)
+def test_non_images_are_refused_with_a_reason(data, reason):
+    with pytest.raises(ImageError) as exc:
+        decode_image(data)
+    assert exc.value.reason == reason
+    assert "JPEG" in str(exc.value) or "empty" in str(exc.value)
+
+
+def test_truncated_file_is_refused():
+    data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    with pytest.raises(ImageError) as exc:
+        decode_image(data[: len(data) // 2])
+    assert exc.value.reason == "truncated"
+
+
+def test_unsupported_format_names_the_accepted_ones():
+    with pytest.raises(ImageError) as exc:
+        decode_image(encode(RGB, "ICO"))
+    assert exc.value.reason == "unsupported_format" and "WEBP" in str(exc.value)
+
+
+def test_pixel_limit_refuses_before_decoding():
+    with pytest.raises(ImageError) as exc:
+        open_image(encode(Image.new("L", (2000, 2000)), "PNG"), max_pixels=1_000_000)
+    assert exc.value.reason == "too_many_pixels" and "1000000" in str(exc.value)
+
+
+def test_draft_decoding_keeps_at_least_the_requested_size():
+    big = encode(Image.new("RGB", (1600, 1200), (10, 200, 10)), "JPEG")
+    img = decode_image(big, draft_size=256)
+    assert min(img.size) >= 256 and img.size[0] < 1600

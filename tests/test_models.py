@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from training.models import ModelError, ScratchCNN, build_model, model_kwargs, set_backbone_trainable
+
+
+def test_scratch_cnn_shapes():
+    m = build_model("scratch-cnn", **model_kwargs("scratch-cnn", 7, 1, width=8, depth=2))
+    assert isinstance(m, ScratchCNN)
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+def test_timm_model_by_name_and_freezing():
+    m = build_model("resnet10t", **model_kwargs("resnet10t", 4, 3)).eval()
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    set_backbone_trainable(m, False)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+    set_backbone_trainable(m, True)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ModelError, match="unknown model 'resnet_nope'"):
+        build_model("resnet_nope", num_classes=2)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        build_model("resnet10t", num_classes=2, weights_file=tmp_path / "nope.safetensors")
+
+
+def test_scratch_has_no_pretrained_weights():
+    with pytest.raises(ModelError, match="no pretrained"):
+        build_model("scratch-cnn", num_classes=2, pretrained=True)

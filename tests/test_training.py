@@ -1,0 +1,111 @@
+"""Integration: real training runs on small generated datasets into the session's temporary store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import load_config, load_model, store, train
+from training.cli import main as cli_main
+from training.data import make_loader
+from training.transforms import build_eval_transform
+
+pytestmark = pytest.mark.slow
+
+
+def quick(tmp_path: Path, source: Path, **extra) -> list[str]:
+    dotted = [f"data.source={source}", f"output_dir={tmp_path / 'runs'}", "epochs=2", "batch_size=8",
+              "model.width=8", "model.depth=2", "optim.lr=0.01", "data.val_fraction=0.2", "data.test_fraction=0.2",
+              "data.workers=0"]  # fmt: skip
+    return dotted + [f"{k}={v}" for k, v in extra.items()]
+
+
+def test_train_save_reload_predicts_the_same(tmp_path, shared_folder_dataset):
+    cfg = load_config(dotted=quick(tmp_path, shared_folder_dataset, name="colours"))
+    result = train(cfg)
+    assert result.tag and result.metrics["test"]["accuracy"] >= 0.0
+    assert len(result.history) == 2
+    report_dir = result.report_dir
+    for f in ("report.json", "curves.png", "confusion_matrix.png", "samples.png"):
+        assert (report_dir / f).is_file(), f
+    stored = load_model(result.tag)
+    assert stored.classes == ["blue", "green", "red"]
+    assert stored.metadata["metrics"]["test"]["accuracy"] == result.metrics["test"]["accuracy"]
+    assert stored.metadata["dataset_fingerprint"] == result.report["data"]["fingerprint"]
+    assert (Path(stored.path) / "report" / "curves.png").is_file()
+    # the stored model reproduces the test accuracy measured at the end of training
+    record = stored.split()
+    load = make_loader_for(record)
+    tf = build_eval_transform(stored.preprocessing)
+    x = torch.stack([tf(load(k)) for k, _ in record["test"]])
+    with torch.inference_mode():
+        preds = stored.model(x).argmax(1).tolist()
+    acc = sum(p == y for p, (_, y) in zip(preds, record["test"], strict=True)) / len(preds)
+    assert abs(acc - result.metrics["test"]["accuracy"]) < 1e-6
+
+
+def make_loader_for(record):
+    from training.splits import DataSplits
+
+    return make_loader(DataSplits(record["source"], record["classes"], [], [], []), 3)
+
+
+def test_csv_source_class_weights_ema_mixup_and_resume(tmp_path, shared_folder_dataset):
+    manifest = tmp_path / "m.csv"
+    rows = [f"{shared_folder_dataset / c / f'{i:03d}.png'},{c}" for c in ("red", "blue") for i in range(16)]
+    manifest.write_text("path,label\n" + "\n".join(rows))
+    args = quick(tmp_path, manifest, name="csv", save="false")
+    args += ["data.balance=loss", "optim.ema=true", "augment.preset=strong", "optim.clip_grad=1.0"]
+    first = train(load_config(dotted=args))
+    assert first.tag is None and len(first.history) == 2
+    resumed = train(load_config(dotted=[*args, "epochs=3", "resume=true"]))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_sampler_balance_and_fine_tune_freeze(tmp_path, shared_folder_dataset):
+    args = quick(tmp_path, shared_folder_dataset, name="ft", save="false")
+    args += ["model.name=resnet10t", "model.img_size=32", "optim.freeze_epochs=1", "epochs=2",
+             "data.balance=sampler"]  # fmt: skip
+    result = train(load_config(dotted=args))
+    assert len(result.history) == 2
+
+
+def test_cli_train_and_evaluate(tmp_path, shared_folder_dataset, capsys):
+    args = ["train", *sum((["--set", a] for a in quick(tmp_path, shared_folder_dataset)), []), "--name", "cli"]
+    assert cli_main(args) == 0
+    assert "test         accuracy" in capsys.readouterr().out
+    tag = str(store.list_versions("cli")[0].tag)
+    assert cli_main(["evaluate", tag, "--output", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "report.json").is_file()
+    assert cli_main(["evaluate", tag, "--data", str(shared_folder_dataset), "--output", str(tmp_path / "ev2")]) == 0
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert cli_main(["train", "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["train", "--set", "epochs=-1"]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_optuna_search_writes_a_trainable_best_config(tmp_path, shared_folder_dataset):
+    from training.search import run_search
+
+    base = load_config(dotted=quick(tmp_path, shared_folder_dataset, name="search", epochs=1))
+    summary = run_search(base, trials=2, sampler="random")
+    assert len(summary["trials"]) == 2
+    best = load_config(summary["best_config"])
+    assert best.name == "search" and best.save and best.optim.lr == summary["best_params"]["lr"]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, shared_folder_dataset):
+    args = quick(tmp_path, shared_folder_dataset, name="ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "training", "train", *sum((["--set", a] for a in args), [])]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test         accuracy") == 1  # only rank 0 evaluates and reports
+    assert len(store.list_versions("ddp")) == 1  # and only rank 0 saves

@@ -1,0 +1,28 @@
+import torch
+from PIL import Image
+
+from training.config import AugmentConfig
+from training.transforms import Preprocessing, build_eval_transform, build_train_transform, resolve_augment
+
+
+def test_eval_transform_resizes_crops_and_normalises():
+    pp = Preprocessing(input_size=32, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.875)
+    x = build_eval_transform(pp)(Image.new("RGB", (80, 50), (255, 255, 255)))
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert torch.allclose(x, torch.ones_like(x))
+    assert pp.resize_size == 36
+
+
+def test_grayscale_model_input():
+    pp = Preprocessing(input_size=28, channels=1, mean=(0.0,), std=(1.0,))
+    assert build_eval_transform(pp)(Image.new("L", (28, 28), 0)).shape == (1, 28, 28)
+
+
+def test_presets_and_overrides():
+    assert resolve_augment(AugmentConfig(preset="none")) == {}
+    strong = resolve_augment(AugmentConfig(preset="strong", mixup=0.0))
+    assert strong["mixup"] == 0.0 and strong["cutmix"] == 1.0
+    pp = Preprocessing(input_size=24)
+    for preset in ("none", "light", "medium", "strong"):
+        tf = build_train_transform(pp, AugmentConfig(preset=preset, rotation=10, blur=0.5))
+        assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)

@@ -1,0 +1,176 @@
+"""Training configuration: defaults, then a YAML file, then CLI overrides, validated once.
+
+The final, validated config is saved with the model it produced (``TrainConfig.model_dump()``),
+so any stored model can be retrained exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "fashion-mnist",
+        description="'fashion-mnist', a class-per-folder directory, or a CSV manifest (path,label).",
+    )
+    fashion_mnist_dir: str | None = Field(None, description="Directory with the Fashion-MNIST IDX .gz files.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    split_seed: int = 0
+    classes: list[str] | None = Field(
+        None, description="Expected class names; CSV rows with other labels are skipped and listed."
+    )
+    min_size: int = Field(8, ge=1, description="Images smaller than this (either side, px) are skipped.")
+    limit_per_class: int | None = Field(None, ge=1, description="Keep at most N training images per class.")
+    balance: Literal["none", "loss", "sampler"] = Field(
+        "none", description="Class imbalance handling: class-weighted loss or a weighted sampler."
+    )
+    workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes (default: 0 on <= 2 cores, else up to 4)."
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field("scratch-cnn", description="'scratch-cnn' or any timm model name.")
+    pretrained: bool = False
+    weights_file: str | None = Field(None, description="Local pretrained weights (safetensors or .pth).")
+    width: int = Field(32, ge=4, description="scratch-cnn: channels of the first block.")
+    depth: int = Field(3, ge=1, le=6, description="scratch-cnn: number of conv blocks.")
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    img_size: int | None = Field(None, ge=8, description="Input size; default from the model or the data.")
+    channels: Literal[1, 3] | None = Field(None, description="Input channels; scratch default from the data.")
+
+
+class AugmentConfig(_Section):
+    preset: Literal["none", "light", "medium", "strong"] = "light"
+    hflip: float | None = Field(None, ge=0, le=1)
+    rotation: float | None = Field(None, ge=0, le=180)
+    color_jitter: float | None = Field(None, ge=0)
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] | None = None
+    random_erasing: float | None = Field(None, ge=0, le=1)
+    mixup: float | None = Field(None, ge=0)
+    cutmix: float | None = Field(None, ge=0)
+    scale_min: float | None = Field(None, gt=0, le=1, description="Lower bound of random-resized-crop scale.")
+    blur: float | None = Field(None, ge=0, le=1, description="Probability of a Gaussian blur.")
+
+
+class OptimConfig(_Section):
+    optimizer: str = Field("adamw", description="Any timm optimizer name (create_optimizer_v2).")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    warmup_epochs: int = Field(1, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clip_grad: float | None = Field(None, gt=0)
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    freeze_epochs: int = Field(0, ge=0, description="Fine-tuning: epochs training only the head.")
+    unfreeze_lr_scale: float = Field(0.1, gt=0, le=1, description="LR factor once the backbone unfreezes.")
+
+
+class EarlyStopConfig(_Section):
+    metric: Literal["val_loss", "val_acc"] = "val_acc"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    name: str = Field("fashion-cnn", pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Model store name.")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores).")
+    seed: int = 42
+    device: str = "auto"
+    output_dir: str = Field("runs", description="Where reports and checkpoints go (<output_dir>/<name>/).")
+    resume: bool = Field(False, description="Resume from <output_dir>/<name>/last.ckpt when present.")
+    save: bool = Field(True, description="Save the trained model to the BentoML store.")
+    top_k: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.data.val_fraction + self.data.test_fraction >= 0.8:
+            raise ValueError("data.val_fraction + data.test_fraction must be below 0.8")
+        if self.optim.freeze_epochs >= self.epochs and self.optim.freeze_epochs > 0:
+            raise ValueError(
+                f"optim.freeze_epochs ({self.optim.freeze_epochs}) must be below epochs ({self.epochs})"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``, recursing into nested dicts."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """Turn ``"optim.lr=0.01"`` into ``{"optim": {"lr": 0.01}}`` (the value parsed as YAML)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.01)")
+    dotted, raw = item.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw != "" else None
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    dotted: list[str] | None = None,
+) -> TrainConfig:
+    """Layer defaults < YAML file < ``overrides`` < ``dotted`` ("a.b=c") and validate.
+
+    Raises:
+        pydantic.ValidationError: a value is out of range or a key is unknown.
+        FileNotFoundError: ``yaml_path`` does not exist.
+    """
+    layered: dict[str, Any] = {}
+    if yaml_path is not None:
+        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping at the top level, found {type(loaded).__name__}")
+        layered = deep_merge(layered, loaded)
+    if overrides:
+        layered = deep_merge(layered, overrides)
+    for item in dotted or []:
+        layered = deep_merge(layered, parse_override(item))
+    return TrainConfig.model_validate(layered)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,133 @@
+"""One epoch of training and one pass of evaluation; nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: device, autocast dtype (None = fp32), memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+
+def weighted_soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy against soft targets (mixup/cutmix), each class's term scaled by ``weight``."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    per_class = -target * logp
+    if weight is not None:
+        per_class = per_class * weight
+    return per_class.sum(dim=-1).mean()
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    rt: Runtime,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    mixup: Callable | None = None,
+    clip_grad: float | None = None,
+    ema: nn.Module | None = None,
+    on_step: Callable[[], None] | None = None,
+    deadline: float | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train for one pass over ``loader``; return mean loss, accuracy (on hard labels) and images/s.
+
+    ``deadline`` (a ``time.monotonic()`` value) ends the epoch early, for time-boxed runs.
+    """
+    model.train()
+    total_loss = correct = seen = 0.0
+    start = time.perf_counter()
+    for x, y in _progress(loader, len(loader), desc, progress):
+        x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
+        hard = y
+        if mixup is not None and len(x) % 2 == 0:
+            x, y = mixup(x, y)
+        with rt.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        if on_step is not None:
+            on_step()
+        n = len(hard)
+        total_loss += float(loss.detach()) * n
+        correct += float((logits.argmax(1) == hard).sum())
+        seen += n
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "img_per_s": seen / max(elapsed, 1e-9)}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: torch.utils.data.DataLoader, rt: Runtime, desc: str = "eval",
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``model`` over ``loader``: (logits as float32 (N, C), targets (N,))."""
+    model.eval()
+    outs, targets = [], []
+    for x, y in _progress(loader, len(loader), desc, progress):
+        with rt.autocast():
+            logits = model(rt.to_input(x))
+        outs.append(logits.float().cpu())
+        targets.append(y)
+    if not outs:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+    return torch.cat(outs).numpy(), torch.cat(targets).numpy()
+
+
+def loss_and_accuracy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    if len(targets) == 0:
+        return float("nan"), float("nan")
+    t_logits = torch.from_numpy(logits)
+    t_targets = torch.from_numpy(targets)
+    loss = float(F.cross_entropy(t_logits, t_targets))
+    return loss, float((t_logits.argmax(1) == t_targets).float().mean())

@@ -1,0 +1,137 @@
+"""One factory for every architecture: the scratch CNN family and any timm model by name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SCRATCH = "scratch-cnn"
+
+
+class ModelError(ValueError):
+    """An unknown architecture, or pretrained weights that cannot be had."""
+
+
+class ScratchCNN(nn.Module):
+    """conv-BN-ReLU x2 + max-pool blocks, channels doubling per block, then pooled dropout + linear.
+
+    Small enough to train on two CPU cores in minutes; ``width`` and ``depth`` scale it.
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, drop_rate: float = 0.2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        for i in range(depth):
+            c_out = width * 2**i
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
+            if drop_rate:
+                layers.append(nn.Dropout2d(drop_rate / 2))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c_in
+        self.head_drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.head_drop(x))
+
+
+def model_kwargs(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    width: int = 32,
+    depth: int = 3,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> dict[str, Any]:
+    """The constructor arguments that, with ``name``, rebuild the architecture (stored with the model)."""
+    if name == SCRATCH:
+        return {"num_classes": num_classes, "in_chans": in_chans, "width": width, "depth": depth,
+                "drop_rate": drop_rate}  # fmt: skip
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    return kwargs
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights_file: str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build ``scratch-cnn`` or any timm model, optionally with pretrained weights.
+
+    Pretrained weights come from ``weights_file`` when given (timm's ``pretrained_cfg_overlay``;
+    a classifier of another size is dropped), else from timm's own hub mechanism, which needs
+    the network.
+
+    Raises:
+        ModelError: unknown name, missing weights file, or weights that cannot be fetched.
+    """
+    if name == SCRATCH:
+        if pretrained or weights_file:
+            raise ModelError("scratch-cnn has no pretrained weights; use a timm model name for fine-tuning")
+        return ScratchCNN(num_classes=num_classes, **kwargs)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ModelError(
+            f"unknown model {name!r}: use 'scratch-cnn' or a timm model name"
+            + (f" (similar: {', '.join(close)})" if close else "")
+        )
+    create_kwargs: dict[str, Any] = dict(kwargs)
+    if weights_file:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise ModelError(f"weights file {path} does not exist (import them with `python -m training import-weights`)")
+        create_kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **create_kwargs)
+    except (OSError, RuntimeError) as exc:
+        if pretrained and not weights_file:
+            raise ModelError(
+                f"could not fetch pretrained weights for {name} ({type(exc).__name__}: {exc}). Offline? "
+                "Import local weights with `python -m training import-weights` and pass model.weights_file."
+            ) from exc
+        raise
+
+
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        raise ModelError(f"{type(model).__name__} exposes no classifier head to fine-tune")
+    return list(head.parameters())
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (or unfreeze) everything but the classifier head."""
+    head = {id(p) for p in classifier_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad = trainable or id(p) in head

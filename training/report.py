@@ -1,0 +1,115 @@
+"""The evaluation report on disk: JSON plus PNG pictures (curves, confusion matrix, samples)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val")
+    ax_loss.set(title="Loss", xlabel="epoch")
+    ax_acc.plot(epochs, [h["acc"] for h in history], marker="o", label="train")
+    ax_acc.plot(epochs, [h["val_acc"] for h in history], marker="o", label="val")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> None:
+    cm = np.asarray(matrix, dtype=float)
+    norm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
+    n = len(classes)
+    size = max(5.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (row-normalised; counts shown)")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(
+    keys: Sequence[str],
+    targets: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    load: Callable[[str], Image.Image],
+    path: Path,
+    n_each: int = 8,
+    seed: int = 0,
+) -> None:
+    """A grid of test images: a row of right predictions and a row of wrong ones."""
+    preds = probs.argmax(1)
+    rng = np.random.default_rng(seed)
+    right = np.flatnonzero(preds == targets)
+    wrong = np.flatnonzero(preds != targets)
+    rows = [("right", rng.permutation(right)[:n_each]), ("wrong", rng.permutation(wrong)[:n_each])]
+    fig, axes = plt.subplots(2, n_each, figsize=(1.6 * n_each, 4.2), squeeze=False)
+    for r, (kind, idx) in enumerate(rows):
+        for c in range(n_each):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(idx):
+                continue
+            i = int(idx[c])
+            img = load(keys[i])
+            ax.imshow(img, cmap="gray" if img.mode == "L" else None)
+            colour = "green" if kind == "right" else "red"
+            ax.set_title(f"{classes[preds[i]][:12]} {probs[i, preds[i]]:.2f}\n(true {classes[targets[i]][:12]})",
+                         fontsize=7, color=colour)  # fmt: skip
+    fig.suptitle("Sample test predictions: right (top), wrong (bottom)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def format_summary(report: dict) -> str:
+    """A human-readable summary of the report for the terminal."""
+    test = report["metrics"]["test"]
+    lines = [
+        f"model        {report.get('tag', '(not saved)')}",
+        f"architecture {report['architecture']}  classes {len(report['classes'])}  "
+        f"best epoch {report['best_epoch']}  train time {report['train_seconds']:.0f}s",
+        f"test         accuracy {test['accuracy']:.4f}"
+        + "".join(f"  {k} {v:.4f}" for k, v in test.items() if k.startswith("top") and k.endswith("_accuracy"))
+        + f"  macro-F1 {test['macro']['f1']:.4f}"
+        + (f"  ROC-AUC {test['roc_auc_ovr']:.4f}" if test.get("roc_auc_ovr") is not None else ""),
+        f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",
+    ]
+    for name, m in test["per_class"].items():
+        lines.append(f"{name[:20]:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>8}")
+    lines.append(f"report       {report.get('report_dir', '')}")
+    return "\n".join(lines)

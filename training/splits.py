@@ -1,0 +1,151 @@
+"""Pure logic over samples: stratified seeded splits, class counts, imbalance, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image. ``key`` is a file path or a source-specific id (``fashion-mnist:train:17``)."""
+
+    key: str
+    label: int
+    digest: str = ""  # content hash when known, for fingerprints and duplicate detection
+
+
+@dataclass
+class Skipped:
+    key: str
+    reason: str
+
+
+@dataclass
+class DataSplits:
+    """The result of loading a data source: classes, three splits and what was skipped."""
+
+    source: str
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)
+    split_origin: str = "given"  # "given" by the source or "generated" (seeded, stratified)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class per split, keyed by class name."""
+        out: dict[str, dict[str, int]] = {}
+        for split_name in ("train", "val", "test"):
+            per = Counter(s.label for s in getattr(self, split_name))
+            out[split_name] = {name: per.get(i, 0) for i, name in enumerate(self.classes)}
+        return out
+
+    def imbalance(self) -> float:
+        """Largest over smallest training class size (1.0 means balanced)."""
+        sizes = [n for n in self.counts()["train"].values()]
+        return max(sizes) / max(1, min(sizes)) if sizes else 0.0
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.classes, self.train + self.val + self.test)
+
+    def split_record(self) -> dict:
+        """A JSON-able record of exactly which samples went where (reused by later evaluations)."""
+        return {
+            "source": self.source,
+            "classes": self.classes,
+            "origin": self.split_origin,
+            **{name: [[s.key, s.label] for s in getattr(self, name)] for name in ("train", "val", "test")},
+        }
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "classes": self.classes,
+            "counts": self.counts(),
+            "imbalance_ratio": round(self.imbalance(), 3),
+            "split_origin": self.split_origin,
+            "skipped": [asdict(s) for s in self.skipped],
+            "fingerprint": self.fingerprint(),
+        }
+
+
+class DatasetError(ValueError):
+    """The data cannot be trained on; the message says what was found and what is needed."""
+
+
+def stratified_split(
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Split per class with a seeded shuffle; every class keeps at least one training sample.
+
+    A class of n samples gives round(n * fraction) to val and test, so tiny classes may have
+    none there but never lose their training images.
+    """
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: (s.label, s.key)):
+        by_class.setdefault(s.label, []).append(s)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    test: list[Sample] = []
+    for label in sorted(by_class):
+        items = by_class[label]
+        rng.shuffle(items)
+        n = len(items)
+        n_test = min(round(n * test_fraction), max(0, n - 1))
+        n_val = min(round(n * val_fraction), max(0, n - 1 - n_test))
+        test += items[:n_test]
+        val += items[n_test : n_test + n_val]
+        train += items[n_test + n_val :]
+    return train, val, test
+
+
+def cap_per_class(samples: Iterable[Sample], limit: int, seed: int) -> list[Sample]:
+    """Keep at most ``limit`` samples per class, chosen with a seeded shuffle (order preserved)."""
+    rng = random.Random(seed)
+    items = list(samples)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    kept: set[int] = set()
+    per: Counter[int] = Counter()
+    for i in order:
+        if per[items[i].label] < limit:
+            per[items[i].label] += 1
+            kept.add(i)
+    return [s for i, s in enumerate(items) if i in kept]
+
+
+def fingerprint(classes: Sequence[str], samples: Iterable[Sample]) -> str:
+    """SHA-256 over the class names and the sorted (key, label, digest) list."""
+    h = hashlib.sha256(json.dumps(list(classes)).encode())
+    for s in sorted(samples, key=lambda s: s.key):
+        h.update(f"{s.key}\t{s.label}\t{s.digest}\n".encode())
+    return h.hexdigest()
+
+
+def check_trainable(splits: DataSplits, where: str) -> None:
+    """Raise :class:`DatasetError` unless there are >= 2 classes, each with training images."""
+    total = len(splits.train) + len(splits.val) + len(splits.test)
+    if total == 0:
+        raise DatasetError(
+            f"Found 0 usable images in {where}"
+            + (f" ({len(splits.skipped)} skipped, e.g. {splits.skipped[0].reason})" if splits.skipped else "")
+            + ". Expected class-per-folder images or a CSV manifest (path,label) of JPEG, PNG, BMP, GIF,"
+            " WebP or TIFF files."
+        )
+    if len(splits.classes) < 2:
+        raise DatasetError(
+            f"Found {len(splits.classes)} class ({', '.join(splits.classes) or 'none'}) in {where}; "
+            "a classifier needs at least 2 classes."
+        )
+    empty = [name for name, n in splits.counts()["train"].items() if n == 0]
+    if empty:
+        raise DatasetError(
+            f"Classes with no training images in {where}: {', '.join(empty)}. "
+            "Every class needs at least one training image."
+        )
