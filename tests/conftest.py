@@ -40,3 +40,24 @@ def folder_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared_folder_dataset(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("shared") / "colours", per_class=16)
+
+
+@pytest.fixture(scope="session")
+def trained_model(shared_folder_dataset, tmp_path_factory):
+    """A tiny scratch CNN really trained on the colours dataset into the session store: (tag, result)."""
+    from training import load_config, train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(dotted=[f"data.source={shared_folder_dataset}", f"output_dir={out}", "name=colours-served",
+                              "epochs=2", "batch_size=8", "model.width=8", "model.depth=2", "data.workers=0",
+                              "data.val_fraction=0.2", "data.test_fraction=0.25", "model.img_size=32"])  # fmt: skip
+    result = train(cfg)
+    return result.tag, result
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()

@@ -26,3 +26,5 @@ def test_presets_and_overrides():
     for preset in ("none", "light", "medium", "strong"):
         tf = build_train_transform(pp, AugmentConfig(preset=preset, rotation=10, blur=0.5))
         assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)
+        tf = build_train_transform(pp, AugmentConfig(preset=preset, crop_padding=2))
+        assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)

@@ -60,6 +60,9 @@ class AugmentConfig(_Section):
     random_erasing: float | None = Field(None, ge=0, le=1)
     mixup: float | None = Field(None, ge=0)
     cutmix: float | None = Field(None, ge=0)
+    crop_padding: int | None = Field(
+        None, ge=0, description="Pad-and-crop (small images) instead of a random-resized crop."
+    )
     scale_min: float | None = Field(None, gt=0, le=1, description="Lower bound of random-resized-crop scale.")
     blur: float | None = Field(None, ge=0, le=1, description="Probability of a Gaussian blur.")
 

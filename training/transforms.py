@@ -79,12 +79,19 @@ def build_train_transform(pp: Preprocessing, cfg: AugmentConfig) -> v2.Compose:
     aug = resolve_augment(cfg)
     if cfg.preset == "none" and len(aug) == 0:
         return build_eval_transform(pp)
-    ops: list[nn.Module] = [
-        v2.RandomResizedCrop(
-            pp.input_size, scale=(aug.get("scale_min", 1.0), 1.0), interpolation=_interp(pp.interpolation),
-            antialias=True,
-        )
-    ]
+    ops: list[nn.Module]
+    if aug.get("crop_padding") is not None:
+        ops = [
+            v2.Resize((pp.input_size, pp.input_size), interpolation=_interp(pp.interpolation), antialias=True),
+            v2.RandomCrop(pp.input_size, padding=aug["crop_padding"], padding_mode="reflect"),
+        ]
+    else:
+        ops = [
+            v2.RandomResizedCrop(
+                pp.input_size, scale=(aug.get("scale_min", 1.0), 1.0), interpolation=_interp(pp.interpolation),
+                antialias=True,
+            )
+        ]
     if aug.get("hflip"):
         ops.append(v2.RandomHorizontalFlip(aug["hflip"]))
     if aug.get("rotation"):

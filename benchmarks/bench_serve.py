@@ -1,0 +1,159 @@
+"""Serving benchmark: in-process ceiling vs HTTP end to end, best runtime vs the eager-torch baseline.
+
+    python benchmarks/bench_serve.py --model fashion-cnn --model imagenet-lite0 [--seconds 15]
+
+For each model: (1) the in-process ceiling: decode + preprocess + the chosen runtime in a tight loop
+(preprocessing on two threads, as in the server); (2) `bentoml serve` with the best runtime, driven
+over HTTP at concurrency 1, 8 and 32 (images/s, p50/p95/p99 ms); (3) the same with IMGCLF_RUNTIME=torch.
+The load generator shares the machine's cores with the server: on a 2-core box it costs real throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.inference import load_classifier  # noqa: E402
+from service.serving import resolve_tag  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+
+def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
+    """JPEG photos-like images at the model's scale (a smooth random field, so JPEG has work to do)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+        buf = io.BytesIO()
+        (img.convert("L") if channels == 1 else img).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def in_process(model: str, runtime: str, images: list[bytes], batch: int, seconds: float) -> float:
+    clf = load_classifier(resolve_tag(Settings(model_name=model)), Settings(model_name=model, runtime=runtime,
+                                                                             max_batch_size=batch))  # fmt: skip
+    pool = ThreadPoolExecutor(2)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        xs = list(pool.map(clf.preprocess, images[:batch]))
+        clf.infer(np.stack(xs))
+        n += len(xs)
+    return n / (time.perf_counter() - start)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, runtime: str, batch: int, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, IMGCLF_MODEL_NAME=model, IMGCLF_RUNTIME=runtime, IMGCLF_MAX_BATCH_SIZE=str(batch),
+               IMGCLF_MAX_LATENCY_MS=str(latency_ms), BENTOML_DO_NOT_TRACK="True")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server for {model} ({runtime}) did not become ready")
+
+
+async def drive(base: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def user(client: httpx.AsyncClient, offset: int) -> None:
+        nonlocal errors
+        i = offset
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            r = await client.post(base + "/classify", content=images[i % len(images)],
+                                  headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+            i += concurrency
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        await user(client, 0)  # warm-up request
+        latencies.clear()
+        start = time.perf_counter()
+        stop = start + seconds
+        await asyncio.gather(*(user(client, k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 2 else [float("nan")] * 99
+    return {"img_per_s": len(latencies) / elapsed, "p50": q[49] * 1e3, "p95": q[94] * 1e3, "p99": q[98] * 1e3,
+            "errors": errors}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help="store name(s) to benchmark (default fashion-cnn)")
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--latency-ms", type=float, default=5)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = p.parse_args()
+    for model in args.model or ["fashion-cnn"]:
+        clf = load_classifier(resolve_tag(Settings(model_name=model)), Settings(model_name=model, runtime="auto",
+                                                                                 max_batch_size=args.batch))  # fmt: skip
+        best = clf.runtime.name
+        pp = clf.stored.preprocessing
+        images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)
+        print(f"\n== {clf.tag}: {clf.stored.metadata['architecture']} at {pp.input_size} px; auto chose {best} ==")
+        print("runtime candidates:", {k: v.get("img_per_s", v.get("refused")) for k, v in
+                                      clf.runtime_report["candidates"].items()})  # fmt: skip
+        del clf
+        ceiling = in_process(model, best, images, args.batch, args.seconds)
+        eager_ceiling = in_process(model, "torch", images, args.batch, args.seconds)
+        print(f"in-process ceiling ({best}): {ceiling:8.1f} img/s   eager torch: {eager_ceiling:8.1f} img/s")
+        rows = {}
+        for runtime in (best, "torch"):
+            proc, base = start_server(model, runtime, args.batch, args.latency_ms)
+            try:
+                for c in args.concurrency:
+                    rows[(runtime, c)] = asyncio.run(drive(base, images, c, args.seconds))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        print(f"{'runtime':<14} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for (runtime, c), r in rows.items():
+            print(f"{runtime:<14} {c:>4} {r['img_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "
+                  f"{r['errors']:>6}")  # fmt: skip
+        top = max(r["img_per_s"] for (rt, _), r in rows.items() if rt == best)
+        eager = max(r["img_per_s"] for (rt, _), r in rows.items() if rt == "torch")
+        print(f"HTTP best / in-process ceiling: {top / ceiling:.2f} (target >= 0.8)")
+        print(f"HTTP best / HTTP eager baseline: {top / eager:.2f} (target >= 6)")
+
+
+if __name__ == "__main__":
+    main()

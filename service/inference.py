@@ -1,0 +1,177 @@
+"""The framework-free classifier: bytes in, probabilities out, with the runtime chosen on this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training.data import FASHION_MNIST, KeyLoader
+from training.imaging import decode_image
+from training.metrics import softmax
+from training.store import StoredModel, load_model
+from training.transforms import build_eval_transform
+
+from .runtimes import ALL_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Classifier:
+    """A stored model ready to serve: its transform, its runtime and what was measured choosing it."""
+
+    stored: StoredModel
+    runtime: InferenceRuntime
+    max_pixels: int
+    runtime_report: dict = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.transform = build_eval_transform(self.stored.preprocessing)
+        self.channels = self.stored.preprocessing.channels
+        self.draft_size = self.stored.preprocessing.resize_size
+
+    @property
+    def tag(self) -> str:
+        return self.stored.tag
+
+    @property
+    def classes(self) -> list[str]:
+        return self.stored.classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        pp = self.stored.preprocessing
+        return (pp.channels, pp.input_size, pp.input_size)
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Decode and transform one encoded image. Raises ``ImageError`` for unusable input."""
+        img = decode_image(data, self.channels, self.max_pixels, draft_size=self.draft_size)
+        return self.transform(img).numpy()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for a preprocessed float32 batch (N, C, H, W)."""
+        return softmax(self.runtime(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
+        k = min(k, len(self.classes))
+        order = np.argsort(-probs)[:k]
+        return [{"label": self.classes[i], "index": int(i), "score": float(probs[i])} for i in order]
+
+
+# ---------------------------------------------------------------- loading and runtime choice
+def _calibration_batches(stored: StoredModel, transform, limit: int, batch: int = 32) -> list[np.ndarray]:
+    """Preprocessed images from the model's recorded test split (for agreement and int8 calibration)."""
+    record = stored.split()
+    if not record or not record.get("test"):
+        return []
+    source = record["source"]
+    load = KeyLoader(stored.preprocessing.channels,
+                     source.split(":", 1)[1] if source.startswith(FASHION_MNIST + ":") else None)  # fmt: skip
+    keys = [k for k, _ in record["test"]][:limit]
+    images = []
+    for key in keys:
+        try:
+            images.append(transform(load(key)).numpy())
+        except Exception as exc:  # noqa: BLE001 - a missing file only shrinks the check
+            log.debug("calibration image %s unavailable: %s", key, exc)
+    return [np.stack(images[i : i + batch]) for i in range(0, len(images), batch)]
+
+
+def _agreement(reference: list[np.ndarray], runtime: InferenceRuntime, batches: list[np.ndarray]) -> float:
+    same = total = 0
+    for ref, x in zip(reference, batches, strict=True):
+        same += int((runtime(x).argmax(1) == ref).sum())
+        total += len(ref)
+    return same / max(total, 1)
+
+
+def _throughput(runtime: InferenceRuntime, x: np.ndarray, seconds: float = 0.4) -> float:
+    runtime(x)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n == 0:
+        runtime(x)
+        n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tuple[InferenceRuntime, dict]:
+    """Build the configured runtime, or with ``auto`` measure every candidate and keep the fastest.
+
+    A reduced-precision runtime (bf16, int8) qualifies only when its top-1 agrees with fp32 torch on
+    at least ``agreement_threshold`` of the recorded test split; the result is cached per version.
+    """
+    transform = build_eval_transform(stored.preprocessing)
+    batches = _calibration_batches(stored, transform, settings.agreement_samples)
+    cache_file = export_dir(stored) / "runtimes.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    candidates = list(ALL_RUNTIMES) if settings.runtime == "auto" else [settings.runtime]
+    reference = None
+    report: dict = {"requested": settings.runtime, "candidates": {}}
+    probe = np.random.default_rng(0).normal(size=(settings.max_batch_size, *_shape(stored))).astype(np.float32)
+    best: tuple[float, InferenceRuntime] | None = None
+    for name in candidates:
+        entry: dict = {}
+        try:
+            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(batches))
+            if name in REDUCED_PRECISION:
+                if not batches:
+                    raise ValueError("no recorded test split to measure agreement on")
+                if name in cache and "agreement" in cache[name]:
+                    entry["agreement"] = cache[name]["agreement"]
+                else:
+                    if reference is None:
+                        fp32 = build_runtime("torch", stored, threads)
+                        reference = [fp32(x).argmax(1) for x in batches]
+                    entry["agreement"] = round(_agreement(reference, runtime, batches), 5)
+                if entry["agreement"] < settings.agreement_threshold:
+                    raise ValueError(f"top-1 agreement with fp32 {entry['agreement']:.4f} < "
+                                     f"{settings.agreement_threshold}")  # fmt: skip
+            entry["img_per_s"] = round(_throughput(runtime, probe), 1) if len(candidates) > 1 else None
+            if best is None or (entry["img_per_s"] or 0) > best[0]:
+                best = (entry["img_per_s"] or 0, runtime)
+        except Exception as exc:  # noqa: BLE001 - one runtime failing must not stop serving
+            entry["refused"] = f"{type(exc).__name__}: {exc}"
+            log.warning("runtime %s not used: %s", name, entry["refused"])
+            if settings.runtime != "auto":
+                raise
+        report["candidates"][name] = entry
+    cache.update({k: v for k, v in report["candidates"].items() if "agreement" in v})
+    cache_file.write_text(json.dumps(cache, indent=2))
+    assert best is not None
+    report["chosen"] = best[1].name
+    report["agreement"] = report["candidates"][best[1].name].get("agreement", 1.0)
+    report["threads"] = threads
+    return best[1], report
+
+
+def _shape(stored: StoredModel) -> tuple[int, int, int]:
+    pp = stored.preprocessing
+    return (pp.channels, pp.input_size, pp.input_size)
+
+
+def load_classifier(tag: str, settings: Settings, threads: int | None = None) -> Classifier:
+    """Load ``tag`` from the store, choose its runtime and warm it up."""
+    start = time.perf_counter()
+    threads = threads or settings.threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    stored = load_model(tag)
+    runtime, report = choose_runtime(stored, settings, threads)
+    clf = Classifier(stored, runtime, settings.max_pixels, report)
+    warm = np.zeros((settings.max_batch_size, *clf.input_shape), np.float32)
+    clf.infer(warm)
+    clf.infer(warm[:1])
+    clf.load_seconds = time.perf_counter() - start
+    log.info("serving %s with %s (%.1fs to load)", tag, runtime.name, clf.load_seconds)
+    return clf
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

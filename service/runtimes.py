@@ -1,0 +1,169 @@
+"""Inference runtimes behind one interface: ``runtime(batch NCHW float32) -> logits (N, C) float32``.
+
+torch eager (the baseline), torch bf16 + channels-last, ONNX Runtime, and OpenVINO (fp32, bf16, int8).
+Exported artefacts are cached per model version under ``$BENTOML_HOME/exports/<name>/<version>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.store import StoredModel
+
+log = logging.getLogger(__name__)
+
+ALL_RUNTIMES = ("torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8")
+REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "openvino-int8")
+
+
+@dataclass
+class InferenceRuntime:
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    info: dict = field(default_factory=dict)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
+
+
+def export_dir(stored: StoredModel) -> Path:
+    name, version = stored.tag.split(":")
+    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    path = home / "exports" / name / version
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialise exports across worker processes that start together."""
+    with open(directory / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _example(stored: StoredModel, batch: int = 2) -> torch.Tensor:
+    pp = stored.preprocessing
+    return torch.randn(batch, pp.channels, pp.input_size, pp.input_size)
+
+
+# ---------------------------------------------------------------- torch
+def torch_runtime(model: nn.Module, bf16: bool, threads: int) -> InferenceRuntime:
+    torch.set_num_threads(threads)
+    model = model.eval().to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(x).float().numpy()
+
+    return InferenceRuntime("torch-bf16" if bf16 else "torch", run, {"channels_last": True})
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+def export_onnx(stored: StoredModel) -> Path:
+    out = export_dir(stored) / "model.onnx"
+    with _locked(out.parent):
+        if not out.is_file():
+            tmp = out.with_suffix(".tmp.onnx")
+            torch.onnx.export(
+                stored.model.eval(), (_example(stored),), str(tmp), input_names=["input"], output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+            )  # fmt: skip
+            tmp.replace(out)
+    return out
+
+
+def onnx_runtime(stored: StoredModel, threads: int) -> InferenceRuntime:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(export_onnx(stored)), opts, providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {"input": batch})[0]
+
+    return InferenceRuntime("onnx", run)
+
+
+# ---------------------------------------------------------------- OpenVINO
+def export_openvino(stored: StoredModel, calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> Path:
+    """OpenVINO IR (fp32 weights); with ``calibration``, the NNCF int8-quantised IR instead."""
+    import openvino as ov
+
+    name = "model-int8.xml" if calibration else "model.xml"
+    out = export_dir(stored) / name
+    with _locked(out.parent):
+        if not out.is_file():
+            ov_model = ov.convert_model(stored.model.eval(), example_input=_example(stored))
+            if calibration is not None:
+                import nncf
+
+                ov_model = nncf.quantize(ov_model, nncf.Dataset(list(calibration())), subset_size=300)
+            tmp = out.with_name("tmp-" + name)
+            ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+            tmp.replace(out)
+            tmp.with_suffix(".bin").replace(out.with_suffix(".bin"))
+    return out
+
+
+def openvino_runtime(stored: StoredModel, precision: str, threads: int,
+                     calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> InferenceRuntime:  # fmt: skip
+    import openvino as ov
+
+    xml = export_openvino(stored, calibration if precision == "int8" else None)
+    core = ov.Core()
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "ENABLE_CPU_PINNING": False,  # several worker processes share the cores
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+    }
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(request.infer({0: batch})[0], dtype=np.float32)
+
+    name = "openvino" if precision == "fp32" else f"openvino-{precision}"
+    return InferenceRuntime(name, run)
+
+
+def bf16_supported() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def build_runtime(name: str, stored: StoredModel, threads: int,
+                  calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> InferenceRuntime:  # fmt: skip
+    """Build one runtime by name. Raises ValueError for a runtime this machine cannot run."""
+    if name in ("torch-bf16", "openvino-bf16") and not bf16_supported():
+        raise ValueError(f"{name} needs a CPU with bf16 support")
+    if name == "torch":
+        return torch_runtime(stored.model, bf16=False, threads=threads)
+    if name == "torch-bf16":
+        return torch_runtime(stored.model, bf16=True, threads=threads)
+    if name == "onnx":
+        return onnx_runtime(stored, threads)
+    if name.startswith("openvino"):
+        precision = name.partition("-")[2] or "fp32"
+        if precision == "int8" and calibration is None:
+            raise ValueError("openvino-int8 needs calibration images (the model's recorded split)")
+        return openvino_runtime(stored, precision, threads, calibration)
+    raise ValueError(f"unknown runtime {name!r}; choose from auto, {', '.join(ALL_RUNTIMES)}")

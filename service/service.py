@@ -1,0 +1,49 @@
+"""The BentoML service: thin glue that loads the model in each worker and mounts the HTTP edge.
+
+    bentoml serve            # from the repo root (bentofile.yaml names service.service:ImageClassifier)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from training._env import configure_environment
+
+configure_environment()
+
+import bentoml  # noqa: E402
+
+from .app import create_app  # noqa: E402
+from .serving import ServingState  # noqa: E402
+from .settings import get_settings  # noqa: E402
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+
+def _state() -> ServingState:
+    return bentoml.get_current_service().state
+
+
+app = create_app(_state)
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(
+    name="imgclf",
+    workers=settings.workers,
+    traffic={"timeout": 60},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class ImageClassifier:
+    """Serves the configured model; /readyz turns ready once it is loaded and warmed up."""
+
+    def __init__(self) -> None:
+        self.state = ServingState(settings)
+        self.state.load()
+
+    def __is_ready__(self) -> bool:
+        return self.state.ready
+
+    async def __shutdown__(self) -> None:
+        await self.state.close()

@@ -1,0 +1,86 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher
+
+
+def test_concurrent_submissions_share_a_batch():
+    sizes = []
+
+    def infer(batch):
+        sizes.append(len(batch))
+        return batch * 2
+
+    async def main():
+        b = MicroBatcher(infer, max_batch_size=8, max_latency_ms=50)
+        out = await asyncio.gather(*(b.submit(np.full(3, i, np.float32)) for i in range(5)))
+        await b.close()
+        return out
+
+    out = asyncio.run(main())
+    assert sizes == [5]
+    assert [float(o[0]) for o in out] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_batches_never_exceed_the_maximum():
+    sizes = []
+
+    def infer(batch):
+        sizes.append(len(batch))
+        return batch
+
+    async def main():
+        b = MicroBatcher(infer, max_batch_size=4, max_latency_ms=20)
+        await b.submit_many([np.zeros(2, np.float32)] * 10)
+        await b.close()
+
+    asyncio.run(main())
+    assert sum(sizes) == 10 and max(sizes) <= 4
+
+
+def test_a_lone_request_waits_at_most_the_latency_window():
+    async def main():
+        b = MicroBatcher(lambda x: x, max_batch_size=64, max_latency_ms=5)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await b.submit(np.zeros(1, np.float32))
+        elapsed = loop.time() - start
+        await b.close()
+        return elapsed
+
+    assert asyncio.run(main()) < 1.0  # generous: only shows it does not wait for a full batch
+
+
+def test_inference_failure_reaches_every_waiter_and_the_batcher_survives():
+    calls = {"n": 0}
+
+    def infer(batch):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return batch
+
+    async def main():
+        b = MicroBatcher(infer, max_batch_size=4, max_latency_ms=20)
+        results = await asyncio.gather(*(b.submit(np.zeros(1, np.float32)) for _ in range(3)),
+                                       return_exceptions=True)  # fmt: skip
+        again = await b.submit(np.ones(1, np.float32))
+        await b.close()
+        return results, again
+
+    results, again = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert float(again[0]) == 1.0
+
+
+@pytest.mark.parametrize("n", [1, 33])
+def test_order_is_preserved(n):
+    async def main():
+        b = MicroBatcher(lambda x: x, max_batch_size=16, max_latency_ms=1)
+        out = await b.submit_many([np.array([i], np.float32) for i in range(n)])
+        await b.close()
+        return [int(o[0]) for o in out]
+
+    assert asyncio.run(main()) == list(range(n))

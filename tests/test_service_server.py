@@ -1,0 +1,130 @@
+"""Integration: a real `bentoml serve` subprocess on a free port, with a tiny trained model."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import COLOURS, colour_image, encode
+
+from training import load_model
+from training.data import KeyLoader
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_model, tmp_path_factory):
+    tag, _ = trained_model
+    port = free_port()
+    env = dict(os.environ, IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="auto", IMGCLF_MAX_LATENCY_MS="50",
+               IMGCLF_MAX_BATCH_SIZE="16", IMGCLF_AGREEMENT_SAMPLES="50")  # fmt: skip
+    log = (tmp_path_factory.mktemp("server") / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("server not ready in 180 s: " + Path(log.name).read_text()[-3000:])
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+def test_health_model_and_docs(server):
+    assert httpx.get(server + "/livez").status_code == 200
+    info = httpx.get(server + "/model").json()
+    assert info["classes"] == ["blue", "green", "red"]
+    assert info["runtime"]["chosen"] in info["runtime"]["candidates"]
+    assert httpx.get(server + "/docs").status_code == 200
+
+
+def test_predictions_match_the_trained_model(server, trained_model):
+    tag, _ = trained_model
+    stored = load_model(tag)
+    record = stored.split()
+    keys = [k for k, _ in record["test"]]
+    files = [("images", (Path(k).name, Path(k).read_bytes(), "image/png")) for k in keys]
+    served = httpx.post(server + "/classify_batch", files=files, params={"top_k": 3}, timeout=60).json()
+    from training.transforms import build_eval_transform
+
+    tf = build_eval_transform(stored.preprocessing)
+    load = KeyLoader(3)
+    with torch.inference_mode():
+        probs = stored.model(torch.stack([tf(load(k)) for k in keys])).softmax(-1).numpy()
+    for row, result in zip(probs, served["results"], strict=True):
+        assert result["predictions"][0]["index"] == int(row.argmax())
+        np.testing.assert_allclose(result["predictions"][0]["score"], row.max(), atol=0.02)
+
+
+def test_concurrent_requests_share_batches(server):
+    img = encode(colour_image(COLOURS["blue"], 32, seed=11))
+
+    def one(_):
+        return httpx.post(server + "/classify", files={"image": ("b.png", img, "image/png")}, timeout=60).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(one, range(32))) == {200}
+    text = httpx.get(server + "/metrics").text
+    count = _metric(text, "imgclf_inference_batch_size_count")
+    total = _metric(text, "imgclf_inference_batch_size_sum")
+    assert total >= 32 and total / count > 1.5, (count, total)  # batches held more than one image on average
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))  # fmt: skip
+
+
+def test_custom_metrics_after_traffic(server):
+    httpx.post(server + "/classify", files={"image": ("x.txt", b"nope", "image/png")})
+    text = httpx.get(server + "/metrics").text
+    for series in ("imgclf_predictions_total", "imgclf_prediction_confidence_bucket", "imgclf_inference_seconds",
+                   "imgclf_preprocess_seconds", "imgclf_rejected_requests_total", "imgclf_model_info",
+                   "imgclf_model_load_seconds", "imgclf_low_confidence_predictions_total"):  # fmt: skip
+        assert series in text, series
+    assert 'reason="not_an_image"' in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"files": {"image": ("x.png", b"", "image/png")}}, 400),
+        ({"files": {"image": ("x.jpg", b"\xff\xd8\xff\xe0garbage", "image/jpeg")}}, 400),
+        ({"content": b"GIF89a", "headers": {"Content-Type": "image/gif"}}, 400),
+        ({"content": b"plain", "headers": {"Content-Type": "text/plain"}}, 415),
+        ({"files": {"wrong": ("x.png", b"x", "image/png")}}, 400),
+    ],
+)
+def test_bad_input_then_still_ready(server, kwargs, status):
+    r = httpx.post(server + "/classify", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]
+    assert httpx.get(server + "/readyz").status_code == 200
