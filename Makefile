@@ -12,7 +12,7 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run train report test test-fast lint bench bench-train clean
+.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean
 
 setup: $(STAMP) fashion-mnist
 
@@ -52,6 +52,17 @@ run: setup
 train: setup
 	$(PY) -m training train --config $(CONFIG)
 
+serve: setup
+	$(VENV)/bin/bentoml serve
+
+build: setup
+	$(VENV)/bin/bentoml build
+
+# The ImageNet EfficientNet-Lite0 classifier from the packaged weights, stored as imagenet-lite0.
+import-weights: setup
+	@$(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('imagenet-lite0') else 1)" || \
+		$(PY) -m training import-weights tf_efficientnet_lite0 --save-classifier imagenet-lite0
+
 test: setup
 	$(PY) -m pytest -q --timeout=900
 
@@ -65,7 +76,12 @@ lint: setup
 bench-train: setup
 	$(PY) benchmarks/bench_train.py
 
-bench: bench-train
+bench-serve: setup import-weights
+	@$(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('$(MODEL)') else 1)" || \
+		$(PY) -m training train --config $(CONFIG)
+	$(PY) benchmarks/bench_serve.py --model $(MODEL) --model imagenet-lite0
+
+bench: bench-serve
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

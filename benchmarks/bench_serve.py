@@ -124,8 +124,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     args = p.parse_args()
     for model in args.model or ["fashion-cnn"]:
-        clf = load_classifier(resolve_tag(Settings(model_name=model)), Settings(model_name=model, runtime="auto",
-                                                                                 max_batch_size=args.batch))  # fmt: skip
+        settings = Settings(model_name=model, runtime="auto", max_batch_size=args.batch)
+        clf = load_classifier(resolve_tag(settings), settings)
         best = clf.runtime.name
         pp = clf.stored.preprocessing
         images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)

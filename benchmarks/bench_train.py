@@ -49,8 +49,10 @@ def main() -> None:
             continue
         rows.append((precision, cl, throughput(cfg, precision, cl)))
     base = rows[0][2]
-    print(f"\n== training throughput: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth}, "
-          f"batch {cfg.batch_size}, {torch.get_num_threads()} threads (model step only) ==")
+    print(
+        f"\n== training throughput: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth}, "
+        f"batch {cfg.batch_size}, {torch.get_num_threads()} threads (model step only) =="
+    )
     for precision, cl, ips in rows:
         print(f"{precision:<5} channels_last={cl!s:<5} {ips:8.0f} img/s  x{ips / base:.2f}")
     if args.skip_run:

@@ -60,7 +60,8 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
         endpoint = request.scope.get("route").path if request.scope.get("route") else "other"
         if not exc.counted:
             metrics.REJECTED.labels(endpoint, exc.reason).inc()
-        headers = {"Retry-After": "1"} if exc.status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE) else None
+        retry = exc.status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE)
+        headers = {"Retry-After": "1"} if retry else None
         return JSONResponse({"error": exc.message, "reason": exc.reason}, status_code=int(exc.status), headers=headers)
 
     in_flight = {"n": 0}
@@ -219,5 +220,6 @@ def _b64decode(value: str, index: int, limit: int) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput(f"images[{index}] is not valid base64 (standard alphabet, with padding)",
-                           reason="bad_base64") from None
+        raise InvalidInput(
+            f"images[{index}] is not valid base64 (standard alphabet, with padding)", reason="bad_base64"
+        ) from None

@@ -109,4 +109,3 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
-

@@ -1,6 +1,6 @@
 """The BentoML service: thin glue that loads the model in each worker and mounts the HTTP edge.
 
-    bentoml serve            # from the repo root (bentofile.yaml names service.service:ImageClassifier)
+bentoml serve            # from the repo root (bentofile.yaml names service.service:ImageClassifier)
 """
 
 from __future__ import annotations

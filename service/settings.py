@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.model_tag and not self.model_tag.startswith(self.model_name + ":"):
-            raise ValueError(f"IMGCLF_MODEL_TAG={self.model_tag} is not a version of IMGCLF_MODEL_NAME={self.model_name}")
+            raise ValueError(
+                f"IMGCLF_MODEL_TAG={self.model_tag} is not a version of IMGCLF_MODEL_NAME={self.model_name}"
+            )
         return self
 
 

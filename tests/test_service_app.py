@@ -137,8 +137,15 @@ def test_malformed_json_is_a_4xx(client):
 
 def test_image_modes_and_formats_classify(client):
     base = colour_image(COLOURS["green"], 40, seed=3)
-    variants = [encode(base.convert("RGBA")), encode(base.convert("P")), encode(base.convert("L")),
-                encode(base.convert("CMYK"), "JPEG"), encode(base, "WEBP"), encode(base, "BMP"), encode(base, "TIFF")]
+    variants = [
+        encode(base.convert("RGBA")),
+        encode(base.convert("P")),
+        encode(base.convert("L")),
+        encode(base.convert("CMYK"), "JPEG"),
+        encode(base, "WEBP"),
+        encode(base, "BMP"),
+        encode(base, "TIFF"),
+    ]
     buf = io.BytesIO()
     base.save(buf, "GIF", save_all=True, append_images=[base.rotate(90)])
     variants.append(buf.getvalue())

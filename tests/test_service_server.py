@@ -31,11 +31,11 @@ def free_port() -> int:
 def server(trained_model, tmp_path_factory):
     tag, _ = trained_model
     port = free_port()
-    env = dict(os.environ, IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="auto", IMGCLF_MAX_LATENCY_MS="50",
-               IMGCLF_MAX_BATCH_SIZE="16", IMGCLF_AGREEMENT_SAMPLES="50")  # fmt: skip
+    env = dict(os.environ, IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="auto",
+               IMGCLF_MAX_LATENCY_MS="50", IMGCLF_MAX_BATCH_SIZE="16", IMGCLF_AGREEMENT_SAMPLES="50")  # fmt: skip
     log = (tmp_path_factory.mktemp("server") / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    cmd = [sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

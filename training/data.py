@@ -22,7 +22,15 @@ from PIL import Image
 
 from .config import DataConfig
 from .imaging import IMAGE_EXTENSIONS, ImageError, decode_image, open_image
-from .splits import DatasetError, DataSplits, Sample, Skipped, cap_per_class, check_trainable, stratified_split
+from .splits import (
+    DatasetError,
+    DataSplits,
+    Sample,
+    Skipped,
+    cap_per_class,
+    check_trainable,
+    stratified_split,
+)
 
 log = logging.getLogger(__name__)
 

@@ -109,8 +109,9 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: torch.utils.data.DataLoader, rt: Runtime, desc: str = "eval",
-            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, loader: torch.utils.data.DataLoader, rt: Runtime, desc: str = "eval", progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` over ``loader``: (logits as float32 (N, C), targets (N,))."""
     model.eval()
     outs, targets = [], []

@@ -49,7 +49,9 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     try:
         img = Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", f"the data is not a recognised image; accepted formats: {_accepted()}")
+        raise ImageError(
+            "not_an_image", f"the data is not a recognised image; accepted formats: {_accepted()}"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", f"image refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, struct.error) as exc:

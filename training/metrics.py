@@ -20,9 +20,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classification_metrics(
-    targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], top_k: int = 5
-) -> dict:
+def classification_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], top_k: int = 5) -> dict:
     """Accuracy, top-k, per-class P/R/F1, macro/weighted averages, confusion matrix, OvR ROC AUC.
 
     ``probs`` is (N, C) with rows summing to 1; ``targets`` holds class indices. Classes absent
@@ -45,9 +43,7 @@ def classification_metrics(
     if k >= 2:
         out[f"top{k}_accuracy"] = float(top_k_accuracy_score(targets, probs, k=k, labels=labels))
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = precision_recall_fscore_support(
-            targets, preds, labels=labels, average=avg, zero_division=0
-        )
+        ap, ar, af, _ = precision_recall_fscore_support(targets, preds, labels=labels, average=avg, zero_division=0)
         out[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     out["roc_auc_ovr"] = _roc_auc(targets, probs, labels)
     return out

@@ -109,7 +109,9 @@ def build_model(
     if weights_file:
         path = Path(weights_file)
         if not path.is_file():
-            raise ModelError(f"weights file {path} does not exist (import them with `python -m training import-weights`)")
+            raise ModelError(
+                f"weights file {path} does not exist (import them with `python -m training import-weights`)"
+            )
         create_kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
         pretrained = True
     try:

@@ -25,15 +25,15 @@ from . import data as data_sources
 from . import report as reports
 from . import store
 from .config import TrainConfig, save_config
-from .datasets import ImageDataset, class_weights, make_loader
+from .datasets import build_loaders, class_weights, set_epoch
 from .distributed import DistInfo, broadcast, cleanup, init_distributed
 from .early_stopping import EarlyStopping
 from .engine import Runtime, loss_and_accuracy, predict, train_one_epoch, weighted_soft_cross_entropy
 from .metrics import classification_metrics, softmax
 from .models import SCRATCH, build_model, model_kwargs, set_backbone_trainable
 from .splits import DataSplits
+from .transforms import Preprocessing, build_eval_transform, channel_stats, resolve_augment
 from .weights import read_preprocessing
-from .transforms import Preprocessing, build_eval_transform, build_train_transform, channel_stats, resolve_augment
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,17 @@ def _optimizer_and_scheduler(model: nn.Module, cfg: TrainConfig, lr: float, epoc
     return optimizer, scheduler
 
 
+class StepCounter:
+    """Advances a timm scheduler by optimizer updates (``step_update``), counting from ``start``."""
+
+    def __init__(self, scheduler, start: int):
+        self.scheduler, self.updates = scheduler, start
+
+    def __call__(self) -> None:
+        self.updates += 1
+        self.scheduler.step_update(self.updates)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -181,16 +192,12 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_ds = ImageDataset(splits.train, load, build_train_transform(pp, cfg.augment))
-    eval_tf = build_eval_transform(pp)
-    val_ds, test_ds = ImageDataset(splits.val, load, eval_tf), ImageDataset(splits.test, load, eval_tf)
     pin = rt.device.type == "cuda"
     workers = default_workers(info) if cfg.data.workers is None else cfg.data.workers
-    train_loader = make_loader(train_ds, cfg.batch_size, train=True, workers=workers, seed=cfg.seed,
-                               balance_sampler=cfg.data.balance == "sampler", distributed=info.enabled,
-                               pin_memory=pin)  # fmt: skip
-    eval_kw = {"train": False, "workers": workers, "seed": cfg.seed, "pin_memory": pin}
-    val_loader = make_loader(val_ds, cfg.batch_size * 2, **eval_kw)
+    train_loader, val_loader, test_loader = build_loaders(
+        cfg, splits.train, splits.val, splits.test, load, pp, workers=workers, rank=info.rank,
+        world_size=info.world_size, pin_memory=pin,
+    )  # fmt: skip
 
     weight = class_weights(splits.train, num_classes).to(rt.device) if cfg.data.balance == "loss" else None
     aug = resolve_augment(cfg.augment)
@@ -211,9 +218,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         model = DistributedDataParallel(model, find_unused_parameters=bool(freeze))
     steps = len(train_loader)
     lr = cfg.optim.lr
-    optimizer, scheduler = _optimizer_and_scheduler(
-        _unwrap(model), cfg, lr, freeze or cfg.epochs, steps
-    )
+    optimizer, scheduler = _optimizer_and_scheduler(_unwrap(model), cfg, lr, freeze or cfg.epochs, steps)
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None
     ema = ModelEmaV3(_unwrap(model), decay=cfg.optim.ema_decay) if cfg.optim.ema else None
     stopper = EarlyStopping(cfg.early_stop.patience, cfg.early_stop.min_delta,
@@ -253,14 +258,12 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                 _unwrap(model), cfg, lr * cfg.optim.unfreeze_lr_scale, cfg.epochs - freeze, steps
             )
             phase_start = epoch
-        if info.enabled:
-            train_loader.sampler.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
         t0 = time.perf_counter()
         step_base = (epoch - phase_start) * steps
-        counter = iter(range(step_base + 1, step_base + steps + 2))
         stats = train_one_epoch(
             model, train_loader, optimizer, loss_fn, rt, scaler=scaler, mixup=mixup,
-            clip_grad=cfg.optim.clip_grad, ema=ema, on_step=lambda: scheduler.step_update(next(counter)),
+            clip_grad=cfg.optim.clip_grad, ema=ema, on_step=StepCounter(scheduler, step_base),
             deadline=deadline, desc=f"epoch {epoch}/{cfg.epochs}", progress=info.is_main,
         )  # fmt: skip
         record: dict[str, Any] = {"epoch": epoch, "loss": stats["loss"], "acc": stats["acc"],
@@ -302,7 +305,6 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                  stopper.best)  # fmt: skip
     train_seconds = time.monotonic() - started
 
-    test_loader = make_loader(test_ds, cfg.batch_size * 2, **eval_kw)
     val_logits, val_targets = predict(final, val_loader, rt, desc="val")
     test_logits, test_targets = predict(final, test_loader, rt, desc="test")
     test_probs = softmax(test_logits)
@@ -342,6 +344,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
 
 def _metric_summary(metrics: dict, best_epoch: int, seconds: float) -> dict:
     """What other parts read from metadata: ``metrics.test.accuracy`` and friends (no big tables)."""
+
     def slim(m: dict) -> dict:
         out = {k: v for k, v in m.items() if isinstance(v, int | float) or v is None}
         out.update({f"{avg}_f1": m[avg]["f1"] for avg in ("macro", "weighted")})

@@ -42,8 +42,10 @@ def run_search(
     """
     search_dir = Path(base.output_dir) / f"{base.name}-search"
     search_dir.mkdir(parents=True, exist_ok=True)
-    chosen = optuna.samplers.TPESampler(seed=base.seed) if sampler == "tpe" else optuna.samplers.RandomSampler(
-        seed=base.seed
+    chosen = (
+        optuna.samplers.TPESampler(seed=base.seed)
+        if sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=base.seed)
     )
     study = optuna.create_study(direction="maximize", sampler=chosen,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))  # fmt: skip
@@ -74,6 +76,7 @@ def run_search(
         "best_value": best.value,
         "best_params": best.params,
         "best_config": str(path),
-        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
-                   for t in study.trials],  # fmt: skip
+        "trials": [
+            {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} for t in study.trials
+        ],  # fmt: skip
     }

@@ -13,8 +13,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from .config import AugmentConfig
 
@@ -51,9 +50,7 @@ def build_eval_transform(pp: Preprocessing) -> v2.Compose:
             v2.Resize(pp.resize_size, interpolation=_interp(pp.interpolation), antialias=True),
             v2.CenterCrop(pp.input_size),
         ]
-    return v2.Compose(
-        [*resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pp.mean, pp.std)]
-    )
+    return v2.Compose([*resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pp.mean, pp.std)])
 
 
 # preset -> defaults; explicit AugmentConfig fields override them
@@ -88,7 +85,9 @@ def build_train_transform(pp: Preprocessing, cfg: AugmentConfig) -> v2.Compose:
     else:
         ops = [
             v2.RandomResizedCrop(
-                pp.input_size, scale=(aug.get("scale_min", 1.0), 1.0), interpolation=_interp(pp.interpolation),
+                pp.input_size,
+                scale=(aug.get("scale_min", 1.0), 1.0),
+                interpolation=_interp(pp.interpolation),
                 antialias=True,
             )
         ]
