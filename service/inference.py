@@ -6,10 +6,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from training.data import FASHION_MNIST, KeyLoader
 from training.imaging import decode_image
@@ -17,7 +17,7 @@ from training.metrics import softmax
 from training.store import StoredModel, load_model
 from training.transforms import build_eval_transform
 
-from .runtimes import ALL_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir
+from .runtimes import CPU_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,10 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     batches = _calibration_batches(stored, transform, settings.agreement_samples)
     cache_file = export_dir(stored) / "runtimes.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    candidates = list(ALL_RUNTIMES) if settings.runtime == "auto" else [settings.runtime]
+    if settings.runtime != "auto":
+        candidates = [settings.runtime]
+    else:  # on a GPU machine the GPU; otherwise measure every CPU runtime
+        candidates = ["torch-cuda"] if torch.cuda.is_available() else list(CPU_RUNTIMES)
     reference = None
     report: dict = {"requested": settings.runtime, "candidates": {}}
     probe = np.random.default_rng(0).normal(size=(settings.max_batch_size, *_shape(stored))).astype(np.float32)
@@ -171,7 +174,3 @@ def load_classifier(tag: str, settings: Settings, threads: int | None = None) ->
     log.info("serving %s with %s (%.1fs to load)", tag, runtime.name, clf.load_seconds)
     return clf
 
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -7,6 +7,7 @@ Exported artefacts are cached per model version under ``$BENTOML_HOME/exports/<n
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import logging
 import os
@@ -22,8 +23,9 @@ from training.store import StoredModel
 
 log = logging.getLogger(__name__)
 
-ALL_RUNTIMES = ("torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8")
-REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "openvino-int8")
+CPU_RUNTIMES = ("torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8")
+ALL_RUNTIMES = (*CPU_RUNTIMES, "torch-cuda")
+REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "openvino-int8", "torch-cuda")
 
 
 @dataclass
@@ -72,6 +74,21 @@ def torch_runtime(model: nn.Module, bf16: bool, threads: int) -> InferenceRuntim
             return model(x).float().numpy()
 
     return InferenceRuntime("torch-bf16" if bf16 else "torch", run, {"channels_last": True})
+
+
+def cuda_runtime(model: nn.Module) -> InferenceRuntime:
+    """Batched CUDA inference: bf16 (fp16 where bf16 is missing), channels-last, pinned-memory copies."""
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    model = model.eval().cuda().to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).pin_memory().cuda(non_blocking=True)
+        with torch.autocast("cuda", dtype=dtype):
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+        return logits.float().cpu().numpy()
+
+    return InferenceRuntime("torch-cuda", run, {"dtype": str(dtype), "device": torch.cuda.get_device_name()})
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -155,6 +172,10 @@ def build_runtime(name: str, stored: StoredModel, threads: int,
     """Build one runtime by name. Raises ValueError for a runtime this machine cannot run."""
     if name in ("torch-bf16", "openvino-bf16") and not bf16_supported():
         raise ValueError(f"{name} needs a CPU with bf16 support")
+    if name == "torch-cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("torch-cuda needs a CUDA GPU")
+        return cuda_runtime(copy.deepcopy(stored.model))
     if name == "torch":
         return torch_runtime(stored.model, bf16=False, threads=threads)
     if name == "torch-bf16":

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8"]
+Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8", "torch-cuda"]
 
 
 class Settings(BaseSettings):

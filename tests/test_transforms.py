@@ -24,7 +24,7 @@ def test_presets_and_overrides():
     assert strong["mixup"] == 0.0 and strong["cutmix"] == 1.0
     pp = Preprocessing(input_size=24)
     for preset in ("none", "light", "medium", "strong"):
-        tf = build_train_transform(pp, AugmentConfig(preset=preset, rotation=10, blur=0.5))
+        tf = build_train_transform(pp, AugmentConfig(preset=preset, rotation=10, blur=0.5, noise=0.05))
         assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)
         tf = build_train_transform(pp, AugmentConfig(preset=preset, crop_padding=2))
         assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)

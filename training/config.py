@@ -66,6 +66,7 @@ class AugmentConfig(_Section):
     )
     scale_min: float | None = Field(None, gt=0, le=1, description="Lower bound of random-resized-crop scale.")
     blur: float | None = Field(None, ge=0, le=1, description="Probability of a Gaussian blur.")
+    noise: float | None = Field(None, ge=0, le=1, description="Std of additive Gaussian noise (0-1 pixel scale).")
 
 
 class OptimConfig(_Section):

@@ -105,7 +105,10 @@ def build_train_transform(pp: Preprocessing, cfg: AugmentConfig) -> v2.Compose:
         ops.append(v2.TrivialAugmentWide(interpolation=_interp(pp.interpolation)))
     if aug.get("blur"):
         ops.append(v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.5))], p=aug["blur"]))
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pp.mean, pp.std)]
+    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if aug.get("noise"):
+        ops.append(v2.GaussianNoise(sigma=aug["noise"], clip=True))
+    ops.append(v2.Normalize(pp.mean, pp.std))
     if aug.get("random_erasing"):
         ops.append(v2.RandomErasing(p=aug["random_erasing"], value=0))
     return v2.Compose(ops)
