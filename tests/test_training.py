@@ -143,3 +143,13 @@ def test_import_weights_cli_stores_the_imagenet_classifier(tmp_path):
     stored = load_model("imagenet-test")
     assert len(stored.classes) == 1000 and "espresso" in stored.classes
     assert stored.preprocessing.interpolation == "bicubic" and stored.preprocessing.crop_pct == 0.875
+
+
+def test_time_budget_brings_the_last_epoch_forward(monkeypatch):
+    from training import pipeline
+
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: 100.0)
+    # 2 epochs took 20 s; 35 s remain: 3 more fit, so the run (and its schedule) ends at epoch 5 of 10
+    assert pipeline._epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=135.0) == 5
+    assert pipeline._epochs_that_fit(epoch=2, last=4, first=1, loop_start=80.0, deadline=500.0) == 4
+    assert pipeline._epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=101.0) == 2

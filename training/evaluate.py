@@ -62,7 +62,8 @@ def evaluate_stored(
     reports.plot_confusion(metrics["confusion_matrix"], stored.classes, out / "confusion_matrix.png")
     reports.plot_samples([s.key for s in samples], targets, probs, stored.classes, load, out / "samples.png")
     report = {"tag": stored.tag, "architecture": stored.metadata["architecture"], "classes": stored.classes,
-              "best_epoch": stored.metadata.get("metrics", {}).get("best_epoch", -1), "train_seconds": 0.0,
+              "best_epoch": stored.metadata.get("metrics", {}).get("best_epoch", -1),
+              "train_seconds": stored.metadata.get("metrics", {}).get("train_seconds"),
               "evaluated_on": where, "metrics": {"test": metrics}, "report_dir": str(out)}  # fmt: skip
     reports.write_report(report, out)
     return report

@@ -130,6 +130,16 @@ def _optimizer_and_scheduler(model: nn.Module, cfg: TrainConfig, lr: float, epoc
     return optimizer, scheduler
 
 
+def _epochs_that_fit(epoch: int, last: int, first: int, loop_start: float, deadline: float) -> int:
+    """The last epoch that can still finish before ``deadline``, at the pace measured so far."""
+    now = time.monotonic()
+    per_epoch = (now - loop_start) / (epoch - first + 1)
+    fit = epoch + int((deadline - now) // per_epoch)
+    if fit < last:
+        log.info("time budget: %d more epoch(s) fit; the schedule now ends at epoch %d", max(fit - epoch, 0), fit)
+    return max(epoch, min(last, fit))
+
+
 class StepCounter:
     """Advances a timm scheduler by optimizer updates (``step_update``), counting from ``start``."""
 
@@ -250,6 +260,8 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
 
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None
     phase_start = freeze + 1 if freeze and start_epoch > freeze else 1
+    last_epoch = cfg.epochs  # a time budget may bring it forward, the schedule annealing sooner
+    loop_start = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs + 1):
         if freeze and epoch == freeze + 1 and start_epoch <= freeze:
             log.info("unfreezing the backbone at epoch %d (lr x %g)", epoch, cfg.optim.unfreeze_lr_scale)
@@ -287,9 +299,12 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                         "fingerprint": fingerprint}, ckpt_path)  # fmt: skip
             if on_epoch_end is not None:
                 on_epoch_end(dict(record))
-            out_of_time = deadline is not None and time.monotonic() > deadline
-            decision = "early_stop" if stopper.should_stop else "time" if out_of_time else None
-        decision = broadcast(decision, info)
+            if deadline is not None:
+                last_epoch = _epochs_that_fit(epoch, last_epoch, start_epoch, loop_start, deadline)
+            decision = "early_stop" if stopper.should_stop else "time" if epoch >= last_epoch else None
+        decision, last_epoch = broadcast((decision, last_epoch), info)
+        if not decision and last_epoch < cfg.epochs:
+            scheduler.t_initial = (last_epoch - phase_start + 1) * steps  # anneal fully by the new end
         if decision:
             log.info("stopping after epoch %d: %s", epoch,
                      f"no {cfg.early_stop.metric} improvement for {stopper.patience} epochs"

@@ -101,8 +101,8 @@ def format_summary(report: dict) -> str:
     test = report["metrics"]["test"]
     lines = [
         f"model        {report.get('tag', '(not saved)')}",
-        f"architecture {report['architecture']}  classes {len(report['classes'])}  "
-        f"best epoch {report['best_epoch']}  train time {report['train_seconds']:.0f}s",
+        f"architecture {report['architecture']}  classes {len(report['classes'])}  best epoch {report['best_epoch']}"
+        + (f"  train time {report['train_seconds']:.0f}s" if report.get("train_seconds") else ""),
         f"test         accuracy {test['accuracy']:.4f}"
         + "".join(f"  {k} {v:.4f}" for k, v in test.items() if k.startswith("top") and k.endswith("_accuracy"))
         + f"  macro-F1 {test['macro']['f1']:.4f}"
