@@ -1,16 +1,17 @@
 """An asyncio micro-batcher: every classify path (HTTP and gRPC) submits here, so concurrent
 requests share inference batches.
 
-A batch closes when it holds ``max_batch_size`` images or when its first image has waited
-``max_latency_ms``. While one batch runs (in a single inference thread), the next one fills; if
-images are already waiting when inference ends, they go at once rather than waiting out the window.
-Nothing is dropped for being late: under overload requests queue, and the HTTP edge bounds that
-queue with 429s (see ``max_concurrency``).
+Batches form adaptively. While the runtime is busy with one batch, arriving images queue and all
+go together (up to ``max_batch_size``) the moment it is free: under load batches grow by themselves
+at no latency cost. When the runtime is idle, the first image waits at most ``max_latency_ms`` for
+company (0: go at once). Nothing is dropped for being late: the HTTP edge bounds the queue with
+429s (``max_concurrency``) instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -35,7 +36,7 @@ class MicroBatcher:
         self,
         infer: Callable[[np.ndarray], np.ndarray],
         max_batch_size: int = 32,
-        max_latency_ms: float = 10.0,
+        max_latency_ms: float = 1.0,
         on_batch: Callable[[int, float, float], None] | None = None,
     ):
         """``infer`` maps (N, ...) to (N, ...); ``on_batch(size, queue_seconds, infer_seconds)`` observes."""
@@ -63,45 +64,74 @@ class MicroBatcher:
     async def submit_many(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(self.submit(x) for x in xs)))
 
-    async def _collect(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
-        items = [await queue.get()]
+    async def _collect(
+        self, queue: asyncio.Queue[_Item], carry: collections.deque[_Item], running: asyncio.Future | None
+    ) -> list[_Item]:
+        """One batch: whatever queues while ``running`` lasts, or up to ``max_latency`` when idle."""
+        items = [carry.popleft() if carry else await queue.get()]
         deadline = items[0].enqueued + self.max_latency
-        while len(items) < self.max_batch_size:
-            if not queue.empty():
-                items.append(queue.get_nowait())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                items.append(await asyncio.wait_for(queue.get(), remaining))
-            except TimeoutError:
-                break
+        getter: asyncio.Task | None = None
+        try:
+            while len(items) < self.max_batch_size:
+                while carry and len(items) < self.max_batch_size:
+                    items.append(carry.popleft())
+                while not queue.empty() and len(items) < self.max_batch_size:
+                    items.append(queue.get_nowait())
+                if len(items) >= self.max_batch_size:
+                    break
+                busy = running is not None and not running.done()
+                timeout = None if busy else deadline - time.perf_counter()
+                if timeout is not None and timeout <= 0:
+                    break
+                getter = getter or asyncio.ensure_future(queue.get())
+                waiting = {getter, running} if busy else {getter}
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    items.append(getter.result())
+                    getter = None
+                elif not done:
+                    break  # the idle window is over
+        finally:
+            if getter is not None and not getter.cancel() and not getter.cancelled():
+                carry.append(getter.result())  # it completed while we were leaving: keep it for later
         return items
 
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
+        carry: collections.deque[_Item] = collections.deque()
+        running: asyncio.Future | None = None
         while True:
-            items = await self._collect(self._queue)
+            items = await self._collect(self._queue, carry, running)
+            if running is not None:
+                with contextlib.suppress(Exception):
+                    await running  # one runtime: the next batch starts when the last one ends
             items = [i for i in items if not i.future.done()]  # cancelled by a disconnected client
-            if not items:
+            if items:
+                running = loop.run_in_executor(self._executor, self._infer_batch, items)
+                running.add_done_callback(lambda fut, batch=items: self._deliver(batch, fut))
+
+    def _infer_batch(self, items: list[_Item]) -> tuple[np.ndarray, float, float]:
+        started = time.perf_counter()
+        out = self.infer(np.stack([i.x for i in items]))
+        return out, started, time.perf_counter()
+
+    def _deliver(self, items: list[_Item], fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("inference failed for a batch of %d: %s", len(items), exc)
+        for k, item in enumerate(items):
+            if item.future.done():
                 continue
-            started = time.perf_counter()
-            try:
-                out = await loop.run_in_executor(self._executor, self.infer, np.stack([i.x for i in items]))
-            except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting request
-                log.exception("inference failed for a batch of %d", len(items))
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            finished = time.perf_counter()
-            for row, item in zip(out, items, strict=True):
-                if not item.future.done():
-                    item.future.set_result(row)
-            if self.on_batch is not None:
-                self.on_batch(len(items), started - min(i.enqueued for i in items), finished - started)
+            if exc is not None:
+                item.future.set_exception(exc)
+            else:
+                item.future.set_result(fut.result()[0][k])
+        if exc is None and self.on_batch is not None:
+            out, started, finished = fut.result()
+            self.on_batch(len(items), started - min(i.enqueued for i in items), finished - started)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -15,7 +15,7 @@ from training.data import FASHION_MNIST, KeyLoader
 from training.imaging import decode_image
 from training.metrics import softmax
 from training.store import StoredModel, load_model
-from training.transforms import build_eval_transform
+from training.transforms import EvalPreprocessor
 
 from .runtimes import CPU_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir
 from .settings import Settings
@@ -34,7 +34,7 @@ class Classifier:
     load_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        self.transform = build_eval_transform(self.stored.preprocessing)
+        self.transform = EvalPreprocessor(self.stored.preprocessing)
         self.channels = self.stored.preprocessing.channels
         self.draft_size = self.stored.preprocessing.resize_size
 
@@ -54,7 +54,7 @@ class Classifier:
     def preprocess(self, data: bytes) -> np.ndarray:
         """Decode and transform one encoded image. Raises ``ImageError`` for unusable input."""
         img = decode_image(data, self.channels, self.max_pixels, draft_size=self.draft_size)
-        return self.transform(img).numpy()
+        return self.transform(img)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for a preprocessed float32 batch (N, C, H, W)."""
@@ -79,7 +79,7 @@ def _calibration_batches(stored: StoredModel, transform, limit: int, batch: int 
     images = []
     for key in keys:
         try:
-            images.append(transform(load(key)).numpy())
+            images.append(transform(load(key)))
         except Exception as exc:  # noqa: BLE001 - a missing file only shrinks the check
             log.debug("calibration image %s unavailable: %s", key, exc)
     return [np.stack(images[i : i + batch]) for i in range(0, len(images), batch)]
@@ -108,7 +108,7 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     A reduced-precision runtime (bf16, int8) qualifies only when its top-1 agrees with fp32 torch on
     at least ``agreement_threshold`` of the recorded test split; the result is cached per version.
     """
-    transform = build_eval_transform(stored.preprocessing)
+    transform = EvalPreprocessor(stored.preprocessing)
     batches = _calibration_batches(stored, transform, settings.agreement_samples)
     cache_file = export_dir(stored) / "runtimes.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -123,10 +123,10 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     for name in candidates:
         entry: dict = {}
         try:
+            if name in REDUCED_PRECISION and not batches:
+                raise ValueError("no recorded test split to measure agreement on")
             runtime = build_runtime(name, stored, threads, calibration=lambda: iter(batches))
             if name in REDUCED_PRECISION:
-                if not batches:
-                    raise ValueError("no recorded test split to measure agreement on")
                 if name in cache and "agreement" in cache[name]:
                     entry["agreement"] = cache[name]["agreement"]
                 else:

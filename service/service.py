@@ -34,6 +34,8 @@ app = create_app(_state)
     workers=settings.workers,
     traffic={"timeout": 60},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    logging={"access": {"enabled": settings.access_log, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
+    http={"cors": {"enabled": bool(settings.cors_origins), "access_control_allow_origins": settings.cors_origins}},
 )
 class ImageClassifier:
     """Serves the configured model; /readyz turns ready once it is loaded and warmed up."""

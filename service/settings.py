@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     )
     runtime: Runtime = Field("auto", description="Inference runtime; auto measures the candidates and picks.")
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most images in one inference batch.")
-    max_latency_ms: float = Field(10.0, ge=0, le=10_000, description="Longest a request waits for a batch to fill.")
+    max_latency_ms: float = Field(
+        1.0, ge=0, le=10_000, description="Longest an image waits for company while the runtime is idle."
+    )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
     threads: int | None = Field(None, ge=1, description="Inference threads per worker (default: cores / workers).")
     max_concurrency: int = Field(256, ge=1, description="Requests in flight per worker before 429.")
@@ -33,6 +35,7 @@ class Settings(BaseSettings):
     low_confidence: float = Field(0.5, gt=0, lt=1, description="Top-1 score below which a prediction is 'low'.")
     agreement_threshold: float = Field(0.995, gt=0, le=1, description="bf16/int8 top-1 agreement needed.")
     agreement_samples: int = Field(1000, ge=10, description="Test images used for the agreement check.")
+    access_log: bool = Field(True, description="Log every request (BentoML's access log).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: CORS off).")
 
     @model_validator(mode="after")

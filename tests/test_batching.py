@@ -84,3 +84,26 @@ def test_order_is_preserved(n):
         return [int(o[0]) for o in out]
 
     assert asyncio.run(main()) == list(range(n))
+
+
+def test_images_arriving_while_the_runtime_is_busy_go_together():
+    import time
+
+    sizes = []
+
+    def slow(batch):
+        sizes.append(len(batch))
+        time.sleep(0.2)
+        return batch
+
+    async def main():
+        b = MicroBatcher(slow, max_batch_size=64, max_latency_ms=0)
+        first = asyncio.ensure_future(b.submit(np.zeros(1, np.float32)))
+        await asyncio.sleep(0.05)  # the first batch (of one, at once: idle window 0) is running now
+        rest = await b.submit_many([np.ones(1, np.float32)] * 10)
+        await first
+        await b.close()
+        return rest
+
+    assert len(asyncio.run(main())) == 10
+    assert sizes == [1, 10]

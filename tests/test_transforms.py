@@ -28,3 +28,25 @@ def test_presets_and_overrides():
         assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)
         tf = build_train_transform(pp, AugmentConfig(preset=preset, crop_padding=2))
         assert tf(Image.new("RGB", (40, 30))).shape == (3, 24, 24)
+
+
+def test_fast_eval_preprocessor_matches_the_torchvision_transform():
+    import numpy as np
+
+    from training.transforms import EvalPreprocessor
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (Preprocessing(input_size=32, crop_pct=0.875, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3), "RGB",
+         (97, 61)),
+        (Preprocessing(input_size=28, channels=1, mean=(0.28,), std=(0.35,)), "L", (28, 28)),
+        (Preprocessing(input_size=24, channels=1, mean=(0.28,), std=(0.35,)), "L", (50, 70)),
+        (Preprocessing(input_size=40, crop_pct=0.9, interpolation="bilinear"), "RGB", (40, 300)),
+    ]  # fmt: skip
+    for pp, mode, size in cases:
+        arr = rng.integers(0, 255, (size[1], size[0], 3 if mode == "RGB" else 1), dtype=np.uint8).squeeze()
+        img = Image.fromarray(arr, mode)
+        expected = build_eval_transform(pp)(img).numpy()
+        got = EvalPreprocessor(pp)(img)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -140,6 +140,28 @@ def _epochs_that_fit(epoch: int, last: int, first: int, loop_start: float, deadl
     return max(epoch, min(last, fit))
 
 
+class EmaStepper:
+    """Feeds the update count to timm's EMA so its decay warms up (early averages track the weights)."""
+
+    def __init__(self, ema: ModelEmaV3):
+        self.ema, self.steps = ema, 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ema.module
+
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        self.ema.update(model, step=self.steps)
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state["ema"])
+        self.steps = state["steps"]
+
+
 class StepCounter:
     """Advances a timm scheduler by optimizer updates (``step_update``), counting from ``start``."""
 
@@ -230,7 +252,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     lr = cfg.optim.lr
     optimizer, scheduler = _optimizer_and_scheduler(_unwrap(model), cfg, lr, freeze or cfg.epochs, steps)
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None
-    ema = ModelEmaV3(_unwrap(model), decay=cfg.optim.ema_decay) if cfg.optim.ema else None
+    ema = EmaStepper(ModelEmaV3(_unwrap(model), decay=cfg.optim.ema_decay, use_warmup=True)) if cfg.optim.ema else None
     stopper = EarlyStopping(cfg.early_stop.patience, cfg.early_stop.min_delta,
                             "max" if cfg.early_stop.metric == "val_acc" else "min")  # fmt: skip
     history: list[dict[str, Any]] = []
@@ -301,7 +323,8 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                 on_epoch_end(dict(record))
             if deadline is not None:
                 last_epoch = _epochs_that_fit(epoch, last_epoch, start_epoch, loop_start, deadline)
-            decision = "early_stop" if stopper.should_stop else "time" if epoch >= last_epoch else None
+            out_of_time = epoch >= last_epoch < cfg.epochs
+            decision = "early_stop" if stopper.should_stop else "time" if out_of_time else None
         decision, last_epoch = broadcast((decision, last_epoch), info)
         if not decision and last_epoch < cfg.epochs:
             scheduler.t_initial = (last_epoch - phase_start + 1) * steps  # anneal fully by the new end

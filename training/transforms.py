@@ -10,7 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel, Field
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
@@ -120,3 +122,39 @@ def channel_stats(images: Sequence[torch.Tensor]) -> tuple[tuple[float, ...], tu
     mean = flat.mean(dim=1)
     std = flat.std(dim=1).clamp_min(1e-3)
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST}  # fmt: skip
+
+
+class EvalPreprocessor:
+    """:func:`build_eval_transform` without the per-op dispatch: PIL resize and crop, then NumPy.
+
+    Gives the same array (to float rounding) as the torchvision transform on a PIL image, in a
+    fraction of the time; serving uses it on its hot path. ``tests/test_transforms.py`` holds the two
+    to each other.
+    """
+
+    def __init__(self, pp: Preprocessing):
+        self.pp = pp
+        self.filter = _PIL_FILTERS[pp.interpolation]
+        self.scale = (1.0 / (255.0 * np.asarray(pp.std, dtype=np.float32))).reshape(-1, 1, 1)
+        self.offset = (np.asarray(pp.mean, dtype=np.float32) / np.asarray(pp.std, dtype=np.float32)).reshape(-1, 1, 1)
+
+    def _resized(self, img: Image.Image) -> Image.Image:
+        size = self.pp.input_size
+        if self.pp.crop_pct >= 1.0:
+            return img if img.size == (size, size) else img.resize((size, size), self.filter)
+        short = self.pp.resize_size
+        w, h = img.size
+        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        if new != img.size:
+            img = img.resize(new, self.filter)
+        top, left = int(round((img.height - size) / 2.0)), int(round((img.width - size) / 2.0))
+        return img.crop((left, top, left + size, top + size))
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        arr = np.asarray(self._resized(img), dtype=np.float32)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return arr * self.scale - self.offset
