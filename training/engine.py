@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .models import train_mode
+
 
 @dataclass
 class Runtime:
@@ -70,7 +72,7 @@ def train_one_epoch(
 
     ``deadline`` (a ``time.monotonic()`` value) ends the epoch early, for time-boxed runs.
     """
-    model.train()
+    train_mode(model)
     total_loss = correct = seen = 0.0
     start = time.perf_counter()
     for x, y in _progress(loader, len(loader), desc, progress):

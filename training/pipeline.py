@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from timm.data import Mixup, resolve_data_config
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -30,10 +25,20 @@ from .distributed import DistInfo, broadcast, cleanup, init_distributed
 from .early_stopping import EarlyStopping
 from .engine import Runtime, loss_and_accuracy, predict, train_one_epoch, weighted_soft_cross_entropy
 from .metrics import classification_metrics, softmax
-from .models import SCRATCH, build_model, model_kwargs, set_backbone_trainable
+from .models import build_model, model_kwargs, set_backbone_trainable
+from .setup import (
+    EmaStepper,
+    StepCounter,
+    build_optimizer,
+    default_workers,
+    epochs_that_fit,
+    infer_channels,
+    resolve_preprocessing,
+    seed_everything,
+    select_runtime,
+)
 from .splits import DataSplits
-from .transforms import Preprocessing, build_eval_transform, channel_stats, resolve_augment
-from .weights import read_preprocessing
+from .transforms import Preprocessing, resolve_augment
 
 log = logging.getLogger(__name__)
 
@@ -48,129 +53,6 @@ class TrainResult:
     report_dir: Path
     best_epoch: int
     report: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- set-up helpers
-def select_runtime(cfg: TrainConfig, info: DistInfo) -> Runtime:
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    precision = cfg.precision
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return Runtime(device=device, amp_dtype=dtype, channels_last=cfg.channels_last)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_preprocessing(
-    cfg: TrainConfig, model: nn.Module, splits: DataSplits, load: Callable, channels: int
-) -> Preprocessing:
-    """timm models: their pretrained config (size overridable). Scratch: size and stats from the data."""
-    if cfg.model.weights_file and (recorded := read_preprocessing(cfg.model.weights_file)):
-        return recorded.model_copy(update={"input_size": cfg.model.img_size or recorded.input_size})
-    if cfg.model.name != SCRATCH:
-        dc = resolve_data_config({}, model=model)
-        size = cfg.model.img_size or dc["input_size"][-1]
-        mean, std = tuple(dc["mean"]), tuple(dc["std"])
-        if channels == 1:
-            mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
-        return Preprocessing(input_size=size, channels=channels, mean=mean, std=std,
-                             interpolation=dc["interpolation"], crop_pct=dc["crop_pct"])  # fmt: skip
-    rng = random.Random(cfg.seed)
-    probe = rng.sample(splits.train, min(256, len(splits.train)))
-    images = [load(s.key) for s in probe]
-    size = cfg.model.img_size or int(np.clip(np.median([min(i.size) for i in images]), 16, 96))
-    to_tensor = build_eval_transform(Preprocessing(input_size=size, channels=channels, mean=(0.0,) * channels,
-                                                   std=(1.0,) * channels))  # fmt: skip
-    mean, std = channel_stats([to_tensor(i) for i in images])
-    return Preprocessing(input_size=size, channels=channels, mean=mean, std=std, interpolation="bilinear")
-
-
-def infer_channels(cfg: TrainConfig, splits: DataSplits) -> int:
-    """Scratch models on all-grayscale data take one channel; everything else three."""
-    if cfg.model.channels:
-        return cfg.model.channels
-    if cfg.model.name != SCRATCH:
-        return 3
-    if splits.source.startswith(data_sources.FASHION_MNIST):
-        return 1
-    from .imaging import open_image
-
-    probe = random.Random(cfg.seed).sample(splits.train, min(64, len(splits.train)))
-    gray = all(open_image(s.key).mode in ("L", "LA", "I", "I;16", "1") for s in probe)
-    return 1 if gray else 3
-
-
-def default_workers(info: DistInfo) -> int:
-    """Loader processes only pay off with spare cores: on two, a worker fights the compute threads."""
-    cores = (os.cpu_count() or 1) // info.world_size
-    return 0 if cores <= 2 else min(4, cores // 2)
-
-
-def _optimizer_and_scheduler(model: nn.Module, cfg: TrainConfig, lr: float, epochs: int, steps: int):
-    o = cfg.optim
-    optimizer = create_optimizer_v2(model, opt=o.optimizer, lr=lr, weight_decay=o.weight_decay,
-                                    momentum=o.momentum, layer_decay=o.layer_decay)  # fmt: skip
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=min(o.warmup_epochs, max(epochs - 1, 0)),
-        min_lr=o.min_lr, warmup_lr=lr * 0.01, step_on_epochs=False, updates_per_epoch=max(steps, 1),
-    )  # fmt: skip
-    return optimizer, scheduler
-
-
-def _epochs_that_fit(epoch: int, last: int, first: int, loop_start: float, deadline: float) -> int:
-    """The last epoch that can still finish before ``deadline``, at the pace measured so far."""
-    now = time.monotonic()
-    per_epoch = (now - loop_start) / (epoch - first + 1)
-    fit = epoch + int((deadline - now) // per_epoch)
-    if fit < last:
-        log.info("time budget: %d more epoch(s) fit; the schedule now ends at epoch %d", max(fit - epoch, 0), fit)
-    return max(epoch, min(last, fit))
-
-
-class EmaStepper:
-    """Feeds the update count to timm's EMA so its decay warms up (early averages track the weights)."""
-
-    def __init__(self, ema: ModelEmaV3):
-        self.ema, self.steps = ema, 0
-
-    @property
-    def module(self) -> nn.Module:
-        return self.ema.module
-
-    def update(self, model: nn.Module) -> None:
-        self.steps += 1
-        self.ema.update(model, step=self.steps)
-
-    def state_dict(self) -> dict:
-        return {"ema": self.ema.state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ema.load_state_dict(state["ema"])
-        self.steps = state["steps"]
-
-
-class StepCounter:
-    """Advances a timm scheduler by optimizer updates (``step_update``), counting from ``start``."""
-
-    def __init__(self, scheduler, start: int):
-        self.scheduler, self.updates = scheduler, start
-
-    def __call__(self) -> None:
-        self.updates += 1
-        self.scheduler.step_update(self.updates)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -198,8 +80,6 @@ def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainR
 def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None) -> TrainResult:
     started = time.monotonic()
     seed_everything(cfg.seed + info.rank)
-    if cfg.threads or info.enabled:
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // info.world_size))
     rt = select_runtime(cfg, info)
     run_dir = cfg.run_dir
     if info.is_main:
@@ -250,7 +130,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         model = DistributedDataParallel(model, find_unused_parameters=bool(freeze))
     steps = len(train_loader)
     lr = cfg.optim.lr
-    optimizer, scheduler = _optimizer_and_scheduler(_unwrap(model), cfg, lr, freeze or cfg.epochs, steps)
+    optimizer, scheduler = build_optimizer(_unwrap(model), cfg, lr, freeze or cfg.epochs, steps)
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None
     ema = EmaStepper(ModelEmaV3(_unwrap(model), decay=cfg.optim.ema_decay, use_warmup=True)) if cfg.optim.ema else None
     stopper = EarlyStopping(cfg.early_stop.patience, cfg.early_stop.min_delta,
@@ -267,7 +147,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
             raise ValueError(f"{ckpt_path} was made from other data (fingerprint differs); remove it or resume=false")
         if ckpt["epoch"] >= freeze:
             set_backbone_trainable(_unwrap(model), True)
-            optimizer, scheduler = _optimizer_and_scheduler(
+            optimizer, scheduler = build_optimizer(
                 _unwrap(model), cfg, lr * (cfg.optim.unfreeze_lr_scale if freeze else 1.0),
                 cfg.epochs - freeze, steps)  # fmt: skip
         _unwrap(model).load_state_dict(ckpt["model"])
@@ -288,7 +168,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         if freeze and epoch == freeze + 1 and start_epoch <= freeze:
             log.info("unfreezing the backbone at epoch %d (lr x %g)", epoch, cfg.optim.unfreeze_lr_scale)
             set_backbone_trainable(_unwrap(model), True)
-            optimizer, scheduler = _optimizer_and_scheduler(
+            optimizer, scheduler = build_optimizer(
                 _unwrap(model), cfg, lr * cfg.optim.unfreeze_lr_scale, cfg.epochs - freeze, steps
             )
             phase_start = epoch
@@ -322,7 +202,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
             if on_epoch_end is not None:
                 on_epoch_end(dict(record))
             if deadline is not None:
-                last_epoch = _epochs_that_fit(epoch, last_epoch, start_epoch, loop_start, deadline)
+                last_epoch = epochs_that_fit(epoch, last_epoch, start_epoch, loop_start, deadline)
             out_of_time = epoch >= last_epoch < cfg.epochs
             decision = "early_stop" if stopper.should_stop else "time" if out_of_time else None
         decision, last_epoch = broadcast((decision, last_epoch), info)
@@ -342,6 +222,17 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         log.info("restored the best weights (epoch %d, %s %.4f)", stopper.best_epoch, cfg.early_stop.metric,
                  stopper.best)  # fmt: skip
     train_seconds = time.monotonic() - started
+    return _evaluate_and_save(cfg, final, splits, load, pp, kwargs, rt, info, (val_loader, test_loader),
+                              history, stopper.best_epoch, train_seconds)  # fmt: skip
+
+
+def _evaluate_and_save(
+    cfg: TrainConfig, final: nn.Module, splits: DataSplits, load: Callable, pp: Preprocessing, kwargs: dict,
+    rt: Runtime, info: DistInfo, loaders: tuple, history: list[dict], best_epoch: int, train_seconds: float,
+) -> TrainResult:  # fmt: skip
+    """Test-split metrics, the report with its pictures, and the store entry (rank 0 only)."""
+    val_loader, test_loader = loaders
+    run_dir, summary = cfg.run_dir, splits.summary()
 
     val_logits, val_targets = predict(final, val_loader, rt, desc="val")
     test_logits, test_targets = predict(final, test_loader, rt, desc="test")
@@ -358,7 +249,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     reports.plot_samples([s.key for s in splits.test], test_targets, test_probs, splits.classes, load,
                          report_dir / "samples.png", seed=cfg.seed)  # fmt: skip
     report = {
-        "name": cfg.name, "architecture": m.name, "classes": splits.classes, "best_epoch": stopper.best_epoch,
+        "name": cfg.name, "architecture": cfg.model.name, "classes": splits.classes, "best_epoch": best_epoch,
         "train_seconds": train_seconds, "history": history, "metrics": metrics, "data": summary,
         "preprocessing": pp.model_dump(mode="json"), "runtime": {"device": str(rt.device),
         "precision": str(rt.amp_dtype or "fp32"), "channels_last": rt.channels_last, "world_size": info.world_size},
@@ -368,16 +259,16 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     tag = None
     if cfg.save:
         bento_model = store.save_model(
-            cfg.name, final, architecture=m.name, model_kwargs=kwargs, classes=splits.classes,
-            preprocessing=pp, metrics=_metric_summary(metrics, stopper.best_epoch, train_seconds),
+            cfg.name, final, architecture=cfg.model.name, model_kwargs=kwargs, classes=splits.classes,
+            preprocessing=pp, metrics=_metric_summary(metrics, best_epoch, train_seconds),
             config=cfg.model_dump(mode="json"), fingerprint=summary["fingerprint"],
             split=splits.split_record(), report_dir=report_dir,
-            labels={"architecture": m.name.replace("/", "_")[:63]},
+            labels={"architecture": cfg.model.name.replace("/", "_")[:63]},
         )  # fmt: skip
         tag = str(bento_model.tag)
         report["tag"] = tag
         reports.write_report(report, report_dir)
-    return TrainResult(tag, metrics, history, report_dir, stopper.best_epoch, report)
+    return TrainResult(tag, metrics, history, report_dir, best_epoch, report)
 
 
 def _metric_summary(metrics: dict, best_epoch: int, seconds: float) -> dict:
