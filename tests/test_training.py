@@ -125,13 +125,16 @@ def test_fine_tune_efficientnet_lite0_from_imported_weights(tmp_path, shared_fol
     assert (pp.input_size, pp.mean, pp.interpolation, pp.crop_pct) == (224, (0.5, 0.5, 0.5), "bicubic", 0.875)
     args = quick(tmp_path, shared_folder_dataset, name="lite0-ft")
     args += ["model.name=tf_efficientnet_lite0", f"model.weights_file={weights}", "model.img_size=64",
-             "optim.freeze_epochs=2", "epochs=3", "optim.lr=0.01", "batch_size=4", "optim.warmup_epochs=0"]  # fmt: skip
+             "optim.freeze_epochs=1", "epochs=2", "optim.lr=0.01", "optim.warmup_epochs=0"]  # fmt: skip
     result = train(load_config(dotted=args))
+    assert [h["epoch"] for h in result.history] == [1, 2]
     stored = load_model(result.tag)
     assert stored.preprocessing.mean == (0.5, 0.5, 0.5) and stored.preprocessing.input_size == 64
     assert stored.metadata["model_kwargs"]["num_classes"] == 3
-    # the backbone really came from ImageNet: ImageNet-pretrained features separate the colours at once
-    assert result.metrics["test"]["accuracy"] >= 0.6
+    # the backbone started from the ImageNet weights and, at the unfrozen phase's low rate, stayed near them
+    imported, tuned = model.state_dict(), stored.model.state_dict()
+    assert torch.allclose(tuned["conv_stem.weight"], imported["conv_stem.weight"], atol=0.05)
+    assert tuned["classifier.weight"].shape == (3, 1280)
 
 
 @pytest.mark.weights
