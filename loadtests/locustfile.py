@@ -1,6 +1,6 @@
 """Locust load test for the classify endpoints (a first cut; the performance issue extends it).
 
-    locust -f loadtests/locustfile.py --host http://localhost:3000 --headless -u 16 -r 4 -t 1m
+locust -f loadtests/locustfile.py --host http://localhost:3000 --headless -u 16 -r 4 -t 1m
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -113,10 +112,9 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
     async def model_info() -> ModelInfo:
         clf = get_state().require()
         meta = clf.stored.metadata
-        created = dt.datetime.fromtimestamp((clf.stored.path / "model.safetensors").stat().st_mtime, dt.UTC)
         return ModelInfo(tag=clf.tag, architecture=meta["architecture"], classes=clf.classes,
                          preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
-                         created=created.isoformat(), runtime=clf.runtime_report)  # fmt: skip
+                         created=clf.stored.created, runtime=clf.runtime_report)  # fmt: skip
 
     return app
 

@@ -173,4 +173,3 @@ def load_classifier(tag: str, settings: Settings, threads: int | None = None) ->
     clf.load_seconds = time.perf_counter() - start
     log.info("serving %s with %s (%.1fs to load)", tag, runtime.name, clf.load_seconds)
     return clf
-

@@ -152,6 +152,7 @@ class StoredModel:
     preprocessing: Preprocessing
     metadata: dict[str, Any]
     path: Path
+    created: str = ""  # ISO 8601 creation time in the store
 
     def split(self) -> dict[str, Any] | None:
         f = self.path / SPLIT_FILE
@@ -181,4 +182,5 @@ def load_model(tag: str, device: str | torch.device = "cpu") -> StoredModel:
         preprocessing=Preprocessing.model_validate(meta["preprocessing"]),
         metadata=meta,
         path=path,
+        created=bento_model.info.creation_time.isoformat(),
     )
