@@ -139,7 +139,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 1
     ckpt_path = run_dir / "last.ckpt"
-    fingerprint = splits.fingerprint()
+    fingerprint = summary["fingerprint"]
 
     if cfg.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
@@ -222,17 +222,18 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         log.info("restored the best weights (epoch %d, %s %.4f)", stopper.best_epoch, cfg.early_stop.metric,
                  stopper.best)  # fmt: skip
     train_seconds = time.monotonic() - started
-    return _evaluate_and_save(cfg, final, splits, load, pp, kwargs, rt, info, (val_loader, test_loader),
+    return _evaluate_and_save(cfg, final, splits, summary, load, pp, kwargs, rt, info, (val_loader, test_loader),
                               history, stopper.best_epoch, train_seconds)  # fmt: skip
 
 
 def _evaluate_and_save(
-    cfg: TrainConfig, final: nn.Module, splits: DataSplits, load: Callable, pp: Preprocessing, kwargs: dict,
-    rt: Runtime, info: DistInfo, loaders: tuple, history: list[dict], best_epoch: int, train_seconds: float,
+    cfg: TrainConfig, final: nn.Module, splits: DataSplits, summary: dict, load: Callable, pp: Preprocessing,
+    kwargs: dict, rt: Runtime, info: DistInfo, loaders: tuple, history: list[dict], best_epoch: int,
+    train_seconds: float,
 ) -> TrainResult:  # fmt: skip
     """Test-split metrics, the report with its pictures, and the store entry (rank 0 only)."""
     val_loader, test_loader = loaders
-    run_dir, summary = cfg.run_dir, splits.summary()
+    run_dir = cfg.run_dir
 
     val_logits, val_targets = predict(final, val_loader, rt, desc="val")
     test_logits, test_targets = predict(final, test_loader, rt, desc="test")
