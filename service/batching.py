@@ -47,11 +47,13 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _ensure_started(self) -> asyncio.Queue[_Item]:
         if self._queue is None or self._task is None or self._task.done():
             self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run(), name="micro-batcher")
         return self._queue
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
@@ -139,3 +141,10 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def close_threadsafe(self, timeout: float = 10.0) -> None:
+        """Close from another thread (e.g. after a model swap): on the batcher's own loop if it has one."""
+        if self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.close(), self._loop).result(timeout)
+        else:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -23,6 +23,11 @@ class ServiceError(Exception):
     def message(self) -> str:
         return str(self)
 
+    @property
+    def details(self) -> dict:
+        """Extra fields for the error body."""
+        return {}
+
 
 class InvalidInput(ServiceError):
     status = HTTPStatus.BAD_REQUEST
@@ -37,6 +42,40 @@ class PayloadTooLarge(ServiceError):
 class UnsupportedMediaType(ServiceError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     reason = "unsupported_media_type"
+
+
+class Unauthorized(ServiceError):
+    status = HTTPStatus.UNAUTHORIZED
+    reason = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = HTTPStatus.FORBIDDEN
+    reason = "forbidden"
+
+
+class NotFound(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    reason = "not_found"
+
+
+class Conflict(ServiceError):
+    status = HTTPStatus.CONFLICT
+    reason = "conflict"
+
+
+class JobConflict(Conflict):
+    """A training job for this model is already queued or running."""
+
+    reason = "job_running"
+
+    def __init__(self, message: str, job_id: str):
+        super().__init__(message)
+        self.job_id = job_id
+
+    @property
+    def details(self) -> dict:
+        return {"job_id": self.job_id}
 
 
 class NotReady(ServiceError):

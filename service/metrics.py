@@ -34,6 +34,19 @@ MODEL_INFO = Gauge("imgclf_model_info", "The model version and runtime served (v
                    multiprocess_mode="liveall")  # fmt: skip
 
 
+RELOADS = Counter("imgclf_model_reloads_total", "Champion changes picked up by this worker, by result.", ["result"])
+CHAMPION_INFO = Gauge("imgclf_champion_info", "The registry's champion for the served model name (value 1).",
+                      ["model", "tag"], multiprocess_mode="mostrecent")  # fmt: skip
+RETRAIN_JOBS = Counter("imgclf_retrain_jobs_total", "Retraining jobs ended, by final status.", ["status"])
+RETRAIN_SECONDS = Histogram("imgclf_retrain_job_duration_seconds", "Wall time of ended retraining jobs.",
+                            buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400))  # fmt: skip
+PROMOTIONS = Counter("imgclf_promotions_total", "Champion decisions: promoted, refused, manual, rollback.",
+                     ["decision"])  # fmt: skip
+CHALLENGER_ACCURACY = Gauge("imgclf_last_challenger_accuracy", "Holdout accuracy of the last judged challenger.",
+                            ["model"], multiprocess_mode="mostrecent")  # fmt: skip
+FEEDBACK = Counter("imgclf_feedback_samples_total", "Feedback images collected (duplicates not counted).", ["model"])
+
+
 def observe_batch(size: int, queue_seconds: float, infer_seconds: float) -> None:
     BATCH_SIZE.observe(size)
     QUEUE_SECONDS.observe(queue_seconds)
@@ -51,8 +64,36 @@ _served: list[tuple[str, str]] = []
 
 
 def set_model_info(model: str, runtime: str, load_seconds: float) -> None:
+    """Mark what this worker serves. The last version drops to 0 (multiprocess files cannot forget series)."""
     while _served:
-        MODEL_INFO.remove(*_served.pop())
+        MODEL_INFO.labels(*_served.pop()).set(0)
     MODEL_INFO.labels(model, runtime).set(1)
     _served.append((model, runtime))
     MODEL_LOAD_SECONDS.set(load_seconds)
+
+
+_champion: list[tuple[str, str]] = []
+
+
+def set_champion(model: str, tag: str) -> None:
+    if _champion == [(model, tag)]:
+        return
+    while _champion:
+        CHAMPION_INFO.labels(*_champion.pop()).set(0)
+    CHAMPION_INFO.labels(model, tag).set(1)
+    _champion.append((model, tag))
+
+
+def observe_job(job: dict) -> None:
+    """Count one ended job (each is handed to exactly one worker by the registry)."""
+    import datetime as dt
+
+    RETRAIN_JOBS.labels(job["status"]).inc()
+    if job.get("started_at") and job.get("finished_at"):
+        seconds = dt.datetime.fromisoformat(job["finished_at"]) - dt.datetime.fromisoformat(job["started_at"])
+        RETRAIN_SECONDS.observe(seconds.total_seconds())
+    decision = job.get("decision") or {}
+    if decision:
+        PROMOTIONS.labels("promoted" if decision.get("promoted") else "refused" if not decision.get("promote")
+                          else "passed").inc()  # fmt: skip
+        CHALLENGER_ACCURACY.labels(job["model_name"]).set(decision["challenger"]["accuracy"])

@@ -44,8 +44,90 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     created: str
     runtime: dict[str, Any] = Field(..., description="Runtime in use, with its measured agreement with fp32.")
+    worker_pid: int = Field(..., description="The server worker process that answered (each serves one version).")
 
 
 class ErrorResponse(BaseModel):
     error: str = Field(..., description="What was wrong and what is accepted.")
     reason: str = Field(..., description="A short machine-readable code.")
+
+
+# ---------------------------------------------------------------- retraining and registry
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = Field(
+        None,
+        description="'fashion-mnist', a class-per-folder directory or a CSV manifest inside the configured data "
+        "roots (relative paths are taken from the first root). Default: the champion's data source.",
+        examples=["fashion-mnist"],
+    )
+    include_feedback: bool = Field(True, description="Add the collected feedback images to the training split.")
+    model: str | None = Field(None, description="Architecture ('scratch-cnn' or a timm name). Default: the champion's.")
+    epochs: int | None = Field(None, ge=1, le=1000, description="Maximum epochs. Default: the champion's config.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training config overrides as dotted keys, e.g. {'optim.lr': 0.001, 'augment.preset': 'medium'}.",
+        examples=[{"optim.lr": 0.001}],
+    )
+    auto_promote: bool = Field(True, description="Promote the new model when it passes the gate.")
+
+
+class JobInfo(BaseModel):
+    id: str
+    model_name: str
+    status: str = Field(..., description="queued, running, succeeded, failed or cancelled.")
+    backend: str
+    request: dict[str, Any]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    progress: dict[str, Any] | None = Field(None, description="Epoch, epochs and each finished epoch's metrics.")
+    result_tag: str | None = Field(None, description="The model the job produced.")
+    decision: dict[str, Any] | None = Field(None, description="The promotion gate's decision, both sides' metrics.")
+    error: str | None = None
+    cancel_requested: bool = False
+    log_tail: list[str] = Field(default_factory=list, description="The last lines of the job's log.")
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+    url: str = Field(..., description="Where to follow the job.")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(..., description="The version to serve (name:version).")
+    reason: str = Field("manual promotion", max_length=500)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("manual rollback", max_length=500)
+
+
+class ModelVersion(BaseModel):
+    tag: str
+    created: str
+    champion: bool
+    architecture: str
+    metrics: dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    name: str
+    champion: str | None
+    versions: list[ModelVersion]
+    history: list[dict[str, Any]] = Field(..., description="Promotions, refusals and rollbacks, newest first.")
+    feedback: dict[str, int] = Field(..., description="Feedback images collected per label.")
+
+
+class FeedbackResponse(BaseModel):
+    sha256: str
+    label: str
+    duplicate: bool = Field(..., description="The same image was already collected (kept once).")

@@ -14,6 +14,8 @@ configure_environment()
 import bentoml  # noqa: E402
 
 from .app import create_app  # noqa: E402
+from .operations import Operations  # noqa: E402
+from .registry import Registry  # noqa: E402
 from .serving import ServingState  # noqa: E402
 from .settings import get_settings  # noqa: E402
 
@@ -25,7 +27,11 @@ def _state() -> ServingState:
     return bentoml.get_current_service().state
 
 
-app = create_app(_state)
+def _ops() -> Operations:
+    return bentoml.get_current_service().ops
+
+
+app = create_app(_state, _ops)
 
 
 @bentoml.asgi_app(app, path="/")
@@ -38,11 +44,18 @@ app = create_app(_state)
     http={"cors": {"enabled": bool(settings.cors_origins), "access_control_allow_origins": settings.cors_origins}},
 )
 class ImageClassifier:
-    """Serves the configured model; /readyz turns ready once it is loaded and warmed up."""
+    """Serves the registry's champion; /readyz turns ready once it is loaded and warmed up.
+
+    Every worker follows the registry and swaps in a new champion without a restart.
+    """
 
     def __init__(self) -> None:
-        self.state = ServingState(settings)
+        registry = Registry(settings.database_url)
+        self.state = ServingState(settings, registry)
+        self.ops = Operations(settings, registry, self.state)
         self.state.load()
+        self.state.tasks.append(self.ops.tick)
+        self.state.start_watching()
 
     def __is_ready__(self) -> bool:
         return self.state.ready

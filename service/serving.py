@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,25 +19,48 @@ from . import metrics
 from .batching import MicroBatcher
 from .errors import InvalidInput, NotReady, ServiceError, from_image_error
 from .inference import Classifier, load_classifier
+from .registry import Registry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def resolve_tag(settings: Settings) -> str:
-    """The version to serve: the pinned tag, else the newest stored version of the model name.
-
-    This is the single place that decides; the retraining registry's champion pointer plugs in here.
-    """
-    if settings.model_tag:
-        return settings.model_tag
-    versions = store.list_versions(settings.model_name)
+def newest_tag(model_name: str) -> str:
+    versions = store.list_versions(model_name)
     if not versions:
         raise store.StoreError(
-            f"no version of {settings.model_name!r} in the model store; train one first "
-            f"(python -m training train --name {settings.model_name}) or set IMGCLF_MODEL_NAME"
+            f"no version of {model_name!r} in the model store; train one first "
+            f"(python -m training train --name {model_name}) or set IMGCLF_MODEL_NAME"
         )
     return str(versions[0].tag)
+
+
+def resolve_tag(settings: Settings, registry: Registry | None) -> str:
+    """The version to serve: the pinned tag, else the registry's champion (the newest version
+    becomes champion when there is none yet), else, without a registry, the newest version."""
+    if settings.model_tag:
+        return settings.model_tag
+    if registry is None:
+        return newest_tag(settings.model_name)
+    return registry.champion(settings.model_name) or registry.ensure_champion(
+        settings.model_name, newest_tag(settings.model_name)
+    )
+
+
+@dataclass
+class Served:
+    """One loaded model with its own batcher: a request keeps the pair it started with."""
+
+    classifier: Classifier
+    batcher: MicroBatcher
+    in_flight: int = 0
+
+    def retire(self, grace_seconds: float = 60.0) -> None:
+        """Close once the requests that started on this model have finished (called off the loop)."""
+        deadline = time.monotonic() + grace_seconds
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.batcher.close_threadsafe()
 
 
 @dataclass
@@ -45,39 +70,114 @@ class ClassifyResult:
 
 
 class ServingState:
-    """Loads the model, owns the batcher; ``classify`` is the one path every endpoint takes."""
+    """Loads the model, owns the batcher; ``classify`` is the one path every endpoint takes.
 
-    def __init__(self, settings: Settings):
+    With a registry, a watcher thread follows the champion: a new one is loaded and warmed up
+    beside the old, then swapped in with one assignment; requests already running finish on the
+    model they started with, and the old model is closed after them.
+    """
+
+    def __init__(self, settings: Settings, registry: Registry | None = None):
         self.settings = settings
-        self.classifier: Classifier | None = None
-        self.batcher: MicroBatcher | None = None
+        self.registry = registry
+        self.served: Served | None = None
         self._pre_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
+        self._poll_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failed: str | None = None
+        self._watcher: threading.Thread | None = None
+        self.tasks: list[Callable[[], object]] = []  # run on every poll (job sweeps, metrics)
 
     def load(self) -> None:
-        clf = load_classifier(resolve_tag(self.settings), self.settings)
-        self.classifier = clf
-        self.batcher = MicroBatcher(self._infer, self.settings.max_batch_size, self.settings.max_latency_ms,
-                                    on_batch=metrics.observe_batch)  # fmt: skip
-        metrics.set_model_info(clf.tag, clf.runtime.name, clf.load_seconds)
+        self._swap(self._build(resolve_tag(self.settings, self.registry)))
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        assert self.classifier is not None
-        return self.classifier.infer(batch)
+    def _build(self, tag: str) -> Served:
+        clf = load_classifier(tag, self.settings)
+        batcher = MicroBatcher(clf.infer, self.settings.max_batch_size, self.settings.max_latency_ms,
+                               on_batch=metrics.observe_batch)  # fmt: skip
+        return Served(clf, batcher)
+
+    def _swap(self, new: Served) -> None:
+        old, self.served = self.served, new
+        metrics.set_model_info(new.classifier.tag, new.classifier.runtime.name, new.classifier.load_seconds)
+        if old is not None:
+            log.info("now serving %s (was %s)", new.classifier.tag, old.classifier.tag)
+            threading.Thread(target=old.retire, daemon=True, name="retire-model").start()
+
+    # ------------------------------------------------------------ following the registry
+    def start_watching(self) -> None:
+        """Follow the champion (unless a tag is pinned) and run ``tasks`` every poll interval."""
+        if self.registry is None or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="registry-watcher")
+        self._watcher.start()
+
+    def wake(self) -> None:
+        """Poll now (after a promotion or rollback this worker handled)."""
+        self._wake.set()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.registry_poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - a registry outage must not stop serving
+                log.error("registry poll failed (serving continues with %s): %s",
+                          self.served.classifier.tag if self.served else "nothing", exc)  # fmt: skip
+            for task in self.tasks:
+                try:
+                    task()
+                except Exception as exc:  # noqa: BLE001
+                    log.error("periodic task %s failed: %s", getattr(task, "__name__", task), exc)
+
+    def poll(self) -> bool:
+        """Swap in the champion if it changed; returns whether a swap happened."""
+        assert self.registry is not None
+        with self._poll_lock:
+            tag = self.registry.champion(self.settings.model_name)
+            if tag:
+                metrics.set_champion(self.settings.model_name, tag)
+            if self.settings.model_tag or not tag or (self.served and tag == self.served.classifier.tag):
+                return False
+            if tag == self._failed:
+                return False  # already failed to load; wait for the next champion change
+            log.info("champion changed to %s; loading it", tag)
+            try:
+                new = self._build(tag)
+            except Exception as exc:  # noqa: BLE001 - keep serving the old model
+                self._failed = tag
+                metrics.RELOADS.labels("failed").inc()
+                log.error("could not load the new champion %s; still serving %s: %s", tag,
+                          self.served.classifier.tag if self.served else "nothing", exc)  # fmt: skip
+                return False
+            self._swap(new)
+            self._failed = None
+            metrics.RELOADS.labels("ok").inc()
+            return True
+
+    # ------------------------------------------------------------ classify
+    @property
+    def classifier(self) -> Classifier | None:
+        return self.served.classifier if self.served else None
 
     @property
     def ready(self) -> bool:
-        return self.classifier is not None
+        return self.served is not None
 
     def require(self) -> Classifier:
-        if self.classifier is None:
+        if self.served is None:
             raise NotReady("the model is still loading; retry shortly")
-        return self.classifier
+        return self.served.classifier
 
-    def check_top_k(self, top_k: int | None) -> int:
+    def check_top_k(self, top_k: int | None, clf: Classifier | None = None) -> int:
         k = self.settings.default_top_k if top_k is None else top_k
         if k < 1:
             raise InvalidInput(f"top_k must be a positive integer, got {k}", reason="bad_top_k")
-        return min(k, len(self.require().classes))
+        return min(k, len((clf or self.require()).classes))
 
     def _preprocess(self, clf: Classifier, data: bytes) -> np.ndarray:
         start = time.perf_counter()
@@ -87,8 +187,19 @@ class ServingState:
 
     async def classify(self, images: list[bytes], top_k: int | None, endpoint: str) -> list[ClassifyResult]:
         """Classify each image; a bad image gets its own error and does not fail the others."""
-        clf = self.require()
-        k = self.check_top_k(top_k)
+        self.require()
+        served = self.served  # one model for the whole request, whatever swaps meanwhile
+        assert served is not None
+        served.in_flight += 1
+        try:
+            return await self._classify(served, images, top_k, endpoint)
+        finally:
+            served.in_flight -= 1
+
+    async def _classify(self, served: Served, images: list[bytes], top_k: int | None,
+                        endpoint: str) -> list[ClassifyResult]:  # fmt: skip
+        clf = served.classifier
+        k = self.check_top_k(top_k, clf)
         metrics.IMAGES.labels(endpoint).inc(len(images))
         loop = asyncio.get_running_loop()
 
@@ -100,18 +211,20 @@ class ServingState:
                 metrics.REJECTED.labels(endpoint, err.reason).inc()
                 err.counted = True
                 return ClassifyResult(error=err)
-            return await self.classify_tensor(clf, x, k)
+            return await self.classify_tensor(served, x, k)
 
         return list(await asyncio.gather(*(one(d) for d in images)))
 
-    async def classify_tensor(self, clf: Classifier, x: np.ndarray, k: int) -> ClassifyResult:
-        assert self.batcher is not None
-        probs = await self.batcher.submit(x)
+    async def classify_tensor(self, served: Served, x: np.ndarray, k: int) -> ClassifyResult:
+        probs = await served.batcher.submit(x)
+        clf = served.classifier
         preds = clf.top_k(probs, k)
         metrics.observe_prediction(clf.tag, preds[0]["label"], preds[0]["score"], self.settings.low_confidence)
         return ClassifyResult(predictions=preds)
 
     async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.close()
+        self._stop.set()
+        self._wake.set()
+        if self.served is not None:
+            await self.served.batcher.close()
         self._pre_pool.shutdown(wait=False, cancel_futures=True)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training._env import REPO_ROOT
 
 Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8", "torch-cuda"]
 
@@ -38,13 +41,44 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="Log every request (BentoML's access log).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: CORS off).")
 
+    # ---- registry and retraining
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("IMGCLF_DATABASE_URL", "DATABASE_URL"),
+        description="Registry database (postgresql://...). Default: SQLite in the model store folder.",
+    )  # fmt: skip
+    admin_token: SecretStr | None = Field(None, description="Bearer token for the admin endpoints.")
+    admin_token_file: Path | None = Field(None, description="File holding the admin token (a mounted Secret).")
+    dev_mode: bool = Field(False, description="Admin endpoints open without a token (local development only).")
+    registry_poll_seconds: float = Field(5.0, ge=0.2, le=3600, description="How often workers check the champion.")
+    retrain_backend: Literal["local", "kubernetes"] = Field("local", description="Where training jobs run.")
+    retrain_threads: int = Field(1, ge=1, description="torch threads of a local training job (serving keeps the rest).")
+    retrain_nice: int = Field(10, ge=0, le=19, description="Scheduling niceness of a local training job.")
+    job_stale_seconds: float = Field(1800, ge=10, description="A job silent this long on another host is failed.")
+    jobs_dir: Path = Field(REPO_ROOT / "runs" / "jobs", description="Job logs, checkpoints and reports.")
+    data_roots: list[Path] = Field(
+        default_factory=lambda: [REPO_ROOT / "data"],
+        description="Folders that retrain requests may read datasets from (plus the feedback folder).",
+    )
+    feedback_dir: Path = Field(REPO_ROOT / "data" / "feedback", description="Where feedback images are kept.")
+    feedback_new_labels: bool = Field(False, description="Accept feedback labels the model does not know.")
+    gate_tolerance: float = Field(0.01, ge=0, le=1, description="Challenger accuracy may trail by this much.")
+    gate_max_recall_drop: float = Field(0.05, ge=0, le=1, description="Largest allowed per-class recall drop.")
+    k8s_namespace: str = Field("default", description="Namespace of training Jobs (kubernetes backend).")
+    k8s_job_template: Path = Field(REPO_ROOT / "k8s" / "base" / "retrain-job.yaml", description="Job template.")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.model_tag and not self.model_tag.startswith(self.model_name + ":"):
             raise ValueError(
                 f"IMGCLF_MODEL_TAG={self.model_tag} is not a version of IMGCLF_MODEL_NAME={self.model_name}"
             )
+        if self.admin_token is None and self.admin_token_file is not None:
+            token = self.admin_token_file.read_text().strip()
+            self.admin_token = SecretStr(token) if token else None
         return self
+
+    def allowed_roots(self) -> list[Path]:
+        return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]
 
 
 @lru_cache

@@ -153,3 +153,33 @@ def test_fashion_mnist_from_the_debian_package():
 def test_missing_fashion_mnist_dir_says_how_to_install(tmp_path):
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
         load_splits(DataConfig(source="fashion-mnist", fashion_mnist_dir=str(tmp_path)))
+
+
+def test_extra_train_folders_join_training_only_and_decode_label_names(folder_dataset, tmp_path):
+    extra = tmp_path / "feedback"
+    (extra / "red").mkdir(parents=True)
+    (extra / "T-shirt%2Ftop").mkdir()
+    colour_image((200, 30, 30), seed=9001).save(extra / "red" / "new.png")
+    colour_image((90, 90, 90), seed=9002).save(extra / "T-shirt%2Ftop" / "a.png")
+    (extra / "red" / "dup.png").write_bytes((folder_dataset / "blue" / "000.png").read_bytes())
+    base = load_splits(DataConfig(source=str(folder_dataset)))
+    splits = load_splits(DataConfig(source=str(folder_dataset), extra_train=[str(extra)]))
+    assert splits.classes == ["blue", "green", "red", "T-shirt/top"]  # appended: old indices unchanged
+    assert len(splits.train) == len(base.train) + 2
+    assert any(s.key.endswith("dup.png") and "duplicate" in s.reason for s in splits.skipped)
+    assert splits.val == base.val and splits.test == base.test
+
+
+def test_holdout_replaces_the_test_split_and_stays_out_of_training(folder_dataset, tmp_path):
+    import json
+
+    first = load_splits(DataConfig(source=str(folder_dataset), split_seed=1))
+    record = first.split_record()
+    (tmp_path / "split.json").write_text(json.dumps(record))
+    other = load_splits(DataConfig(source=str(folder_dataset), split_seed=2, holdout=str(tmp_path / "split.json")))
+    assert sorted(s.key for s in other.test) == sorted(s.key for s in first.test)
+    held = {s.key for s in other.test}
+    assert not held & {s.key for s in other.train + other.val}
+    total = len(first.train) + len(first.val) + len(first.test)
+    assert len(other.train) + len(other.val) + len(other.test) == total  # nothing lost
+    assert "holdout" in other.split_origin

@@ -32,6 +32,16 @@ class DataConfig(_Section):
     )
     min_size: int = Field(8, ge=1, description="Images smaller than this (either side, px) are skipped.")
     limit_per_class: int | None = Field(None, ge=1, description="Keep at most N training images per class.")
+    extra_train: list[str] = Field(
+        default_factory=list,
+        description="More class-per-folder roots whose images join the training split only (e.g. feedback); "
+        "new class names are appended after the source's classes.",
+    )
+    holdout: str | None = Field(
+        None,
+        description="A recorded split (split.json of a stored model): its test images become the test split "
+        "and are kept out of training, so two models are compared on exactly the same images.",
+    )
     balance: Literal["none", "loss", "sampler"] = Field(
         "none", description="Class imbalance handling: class-weighted loss or a weighted sampler."
     )

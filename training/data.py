@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image
@@ -277,9 +279,67 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         splits.train = cap_per_class(splits.train, n, cfg.split_seed)
         splits.val = cap_per_class(splits.val, max(1, n // 4), cfg.split_seed)
         splits.test = cap_per_class(splits.test, max(1, n // 4), cfg.split_seed)
+    for root in cfg.extra_train:
+        add_extra_train(splits, Path(root), cfg.min_size)
+    if cfg.holdout:
+        apply_holdout(splits, Path(cfg.holdout))
     for s in splits.skipped:
         log.warning("skipped %s: %s", s.key, s.reason)
     check_trainable(splits, cfg.source)
+    return splits
+
+
+def add_extra_train(splits: DataSplits, root: Path, min_size: int) -> DataSplits:
+    """Add the images of a class-per-folder ``root`` to the training split (feedback, say).
+
+    Folder names are percent-decoded (``T-shirt%2Ftop`` is ``T-shirt/top``). Classes the source
+    does not have are appended, so existing class indices keep their meaning; images already in
+    the dataset (same content) are skipped as duplicates.
+    """
+    if not root.is_dir():
+        raise DatasetError(f"extra training folder {root} does not exist or is not a directory")
+    seen = {s.digest: s.key for s in splits.train + splits.val + splits.test if s.digest}
+    candidates: list[tuple[Path, int]] = []
+    for folder in _class_dirs(root):
+        name = unquote(folder.name)  # folder names percent-encode labels like "T-shirt/top"
+        if name not in splits.classes:
+            splits.classes.append(name)
+        images, others = _images_under(folder)
+        candidates += [(p, splits.classes.index(name)) for p in images]
+        splits.skipped += [Skipped(str(p), _unsupported(p)) for p in others]
+    samples, bad = _check_all(candidates, min_size, seen)
+    splits.train += samples
+    splits.skipped += bad
+    log.info("added %d training images from %s", len(samples), root)
+    return splits
+
+
+def apply_holdout(splits: DataSplits, split_file: Path) -> DataSplits:
+    """Make the test split of a recorded ``split.json`` this dataset's test split.
+
+    Holdout images are taken out of train and val; the test images the source would have used go
+    back to training. Labels are matched by class name; holdout images of classes this dataset
+    lacks, or whose files are gone, are skipped and listed.
+    """
+    try:
+        record = json.loads(split_file.read_text())
+        names, rows = record["classes"], record["test"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DatasetError(f"holdout {split_file} is not a readable split record: {exc}") from None
+    held: list[Sample] = []
+    for key, label in rows:
+        name = names[int(label)]
+        if name not in splits.classes:
+            splits.skipped.append(Skipped(key, f"holdout class {name!r} is not in this dataset"))
+        elif not key.startswith(FASHION_MNIST + ":") and not Path(key).is_file():
+            splits.skipped.append(Skipped(key, "holdout image file is missing"))
+        else:
+            held.append(Sample(key, splits.classes.index(name)))
+    keys = {s.key for s in held}
+    splits.train = [s for s in splits.train + splits.test if s.key not in keys]
+    splits.val = [s for s in splits.val if s.key not in keys]
+    splits.test = held
+    splits.split_origin += "+holdout"
     return splits
 
 

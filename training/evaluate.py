@@ -20,13 +20,47 @@ from .transforms import build_eval_transform
 log = logging.getLogger(__name__)
 
 
+def _loader_for(source: str, channels: int) -> KeyLoader:
+    return KeyLoader(channels, source.split(":", 1)[1] if source.startswith(FASHION_MNIST + ":") else None)
+
+
+def samples_from_record(record: dict, split: str, classes: list[str]) -> list[Sample]:
+    """The recorded ``split`` relabelled into ``classes`` by name (images of unknown classes dropped)."""
+    names = record["classes"]
+    index = {name: i for i, name in enumerate(classes)}
+    return [Sample(k, index[names[int(y)]]) for k, y in record[split] if names[int(y)] in index]
+
+
 def _recorded_samples(stored: StoredModel, split: str) -> tuple[list[Sample], KeyLoader]:
     record = stored.split()
     if record is None:
         raise DatasetError(f"{stored.tag} has no recorded split; pass --data to evaluate it on a dataset")
-    source = record["source"]
-    fmnist_dir = source.split(":", 1)[1] if source.startswith(FASHION_MNIST + ":") else None
-    return [Sample(k, int(y)) for k, y in record[split]], KeyLoader(stored.preprocessing.channels, fmnist_dir)
+    load = _loader_for(record["source"], stored.preprocessing.channels)
+    return samples_from_record(record, split, stored.classes), load
+
+
+def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader, batch_size: int = 256):
+    """(probabilities, targets) of ``stored`` on ``samples`` with its own eval transform."""
+    rt = Runtime(torch.device("cpu"), channels_last=True)
+    stored.model.to(memory_format=torch.channels_last)
+    loader = make_loader(ImageDataset(samples, load, build_eval_transform(stored.preprocessing)), batch_size,
+                         train=False, workers=1, seed=0)  # fmt: skip
+    logits, targets = predict(stored.model, loader, rt, desc="evaluate")
+    return softmax(logits), targets
+
+
+def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
+    """Metrics of ``tag`` on a recorded split (another model's, say): the promotion gate's measure.
+
+    Raises:
+        DatasetError: none of the recorded images belongs to one of the model's classes.
+    """
+    stored = load_model(tag)
+    samples = samples_from_record(record, split, stored.classes)
+    if not samples:
+        raise DatasetError(f"none of the recorded {split} images has a class {tag} knows")
+    probs, targets = predict_samples(stored, samples, _loader_for(record["source"], stored.preprocessing.channels))
+    return classification_metrics(targets, probs, stored.classes)
 
 
 def evaluate_stored(
@@ -45,17 +79,11 @@ def evaluate_stored(
     else:
         splits = load_splits(DataConfig(source=data, classes=stored.classes, val_fraction=0.01, test_fraction=0.01))
         samples = splits.train + splits.val + splits.test
-        fmnist_dir = splits.source.split(":", 1)[1] if splits.source.startswith(FASHION_MNIST + ":") else None
-        load = KeyLoader(channels, fmnist_dir)
+        load = _loader_for(splits.source, channels)
         where = data
     if not samples:
         raise DatasetError(f"no images to evaluate in {where}")
-    rt = Runtime(torch.device("cpu"), channels_last=True)
-    stored.model.to(memory_format=torch.channels_last)
-    loader = make_loader(ImageDataset(samples, load, build_eval_transform(stored.preprocessing)), batch_size,
-                         train=False, workers=1, seed=0)  # fmt: skip
-    logits, targets = predict(stored.model, loader, rt, desc="evaluate")
-    probs = softmax(logits)
+    probs, targets = predict_samples(stored, samples, load, batch_size)
     metrics = classification_metrics(targets, probs, stored.classes)
     out = output or Path("runs") / stored.tag.replace(":", "-") / f"evaluate-{split if data is None else 'data'}"
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,114 @@
+"""Admin routes: retrain, jobs, promotion, rollback, feedback. All need the bearer token.
+
+The token comes from settings (``IMGCLF_ADMIN_TOKEN`` or a mounted file); it is compared in
+constant time and never logged. Without one, the routes are closed unless ``IMGCLF_DEV_MODE``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from .errors import Forbidden, InvalidInput, Unauthorized
+from .operations import Operations
+from .parsing import file_bytes, read_form
+from .schemas import (
+    ErrorResponse,
+    FeedbackResponse,
+    JobAccepted,
+    JobInfo,
+    ModelsResponse,
+    PromoteRequest,
+    RetrainRequest,
+    RollbackRequest,
+)
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    int(s): {"model": ErrorResponse, "description": s.phrase}
+    for s in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND,
+              HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)
+}  # fmt: skip
+
+FEEDBACK_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image", "label"],
+    "properties": {"image": {"type": "string", "format": "binary"}, "label": {"type": "string"}}}}}}}  # fmt: skip
+
+
+def check_token(authorization: str | None, expected: str | None, dev_mode: bool) -> None:
+    """Raise unless ``authorization`` is ``Bearer <expected>``."""
+    if dev_mode:
+        return
+    if not expected:
+        raise Forbidden(
+            "admin endpoints are disabled: no admin token is configured (set IMGCLF_ADMIN_TOKEN or "
+            "IMGCLF_ADMIN_TOKEN_FILE, or IMGCLF_DEV_MODE=true locally)",
+            reason="admin_disabled",
+        )
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("admin endpoint: send the header 'Authorization: Bearer <admin token>'")
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Forbidden("the admin token is not valid", reason="bad_token")
+
+
+def create_admin_router(get_ops: Callable[[], Operations]) -> APIRouter:
+    def admin(request: Request) -> Operations:
+        ops = get_ops()
+        secret = ops.settings.admin_token
+        check_token(request.headers.get("authorization"), secret.get_secret_value() if secret else None,
+                    ops.settings.dev_mode)  # fmt: skip
+        return ops
+
+    router = APIRouter(tags=["admin"], responses=ADMIN_ERRORS)
+    Admin = Depends(admin)
+
+    @router.post("/retrain", status_code=202, response_model=JobAccepted, summary="Start a retraining job")
+    def retrain(body: RetrainRequest, ops: Operations = Admin) -> JobAccepted:
+        job = ops.start_retrain(body)
+        return JobAccepted(job_id=job["id"], status=job["status"], url=f"/jobs/{job['id']}")
+
+    @router.get("/jobs", response_model=list[JobInfo], summary="Retraining jobs, newest first")
+    def jobs(status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+             limit: int = Query(50, ge=1, le=500), ops: Operations = Admin) -> list[dict]:  # fmt: skip
+        return ops.registry.jobs(ops.model_name, status, limit)
+
+    @router.get("/jobs/{job_id}", response_model=JobInfo, summary="One job: progress, log tail, decision")
+    def job(job_id: str, ops: Operations = Admin) -> dict:
+        return ops.job(job_id)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobInfo, summary="Cancel a queued or running job")
+    def cancel(job_id: str, ops: Operations = Admin) -> dict:
+        return ops.cancel(job_id)
+
+    @router.get("/models", response_model=ModelsResponse, summary="Stored versions, champion and its history")
+    def models(ops: Operations = Admin) -> dict:
+        return ops.models()
+
+    @router.post("/models/promote", summary="Serve a given version (it must load)")
+    def promote(body: PromoteRequest, ops: Operations = Admin) -> dict:
+        return ops.promote(body.tag, body.reason)
+
+    @router.post("/models/rollback", summary="Serve the previous champion again")
+    def rollback(body: RollbackRequest | None = None, ops: Operations = Admin) -> dict:
+        return ops.rollback((body or RollbackRequest()).reason)
+
+    @router.post("/feedback", response_model=FeedbackResponse, summary="An image and its correct label",
+                 openapi_extra=FEEDBACK_BODY)  # fmt: skip
+    async def feedback(request: Request, ops: Operations = Admin) -> FeedbackResponse:
+        limit = ops.settings.max_upload_bytes
+        fields = await read_form(request, limit + 64 * 1024, max_files=1)
+        label = fields.get("label")
+        if not isinstance(label, str) or "image" not in fields:
+            raise InvalidInput("send multipart/form-data with a file field 'image' and a text field 'label'",
+                               reason="bad_field")  # fmt: skip
+        data = await file_bytes(fields["image"], "image", limit)
+        from starlette.concurrency import run_in_threadpool
+
+        fb = await run_in_threadpool(ops.feedback, data, label)
+        return FeedbackResponse(sha256=fb.sha256, label=fb.label, duplicate=fb.duplicate)
+
+    return router

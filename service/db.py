@@ -1,0 +1,165 @@
+"""The registry's database: engine, schema and migrations (SQLite by default, PostgreSQL by URL).
+
+SQLite lives in the model store folder (``$BENTOML_HOME/registry.db``); ``DATABASE_URL`` (or
+``IMGCLF_DATABASE_URL``) points at PostgreSQL instead, e.g. ``postgresql+psycopg://user@host/db``.
+The schema is versioned in ``schema_version`` and migrated forward on start-up, under a lock, by
+whichever process gets there first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # queued running succeeded failed cancelled
+    sa.Column("backend", sa.String(16), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("external_id", sa.String(255)),  # the Kubernetes Job's name
+    sa.Column("log_path", sa.Text),
+    sa.Column("progress", sa.JSON),
+    sa.Column("result_tag", sa.String(255)),
+    sa.Column("decision", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("observed", sa.Boolean, nullable=False, default=False),  # counted in some worker's metrics
+)  # fmt: skip
+
+# One row per model name while a job runs: the primary key makes "one job at a time" race-free.
+active_jobs = sa.Table(
+    "active_jobs", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+)  # fmt: skip
+
+# The champion history as a stack: a promotion pushes, a rollback pops (sets rolled_back_at).
+champions = sa.Table(
+    "champions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),
+    sa.Column("tag", sa.String(255), nullable=False),
+    sa.Column("promoted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rolled_back_at", sa.DateTime(timezone=True)),
+    sa.Column("event_id", sa.Integer),
+)  # fmt: skip
+
+# Everything that happened to the champion: initial, promoted, refused, manual, rollback.
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("tag", sa.String(255)),
+    sa.Column("previous_tag", sa.String(255)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("challenger", sa.JSON),
+    sa.Column("champion", sa.JSON),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+V1_TABLES = [jobs, active_jobs, champions, events, feedback]
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=V1_TABLES)
+
+
+# Append (version, function) to change the schema; never edit a released step.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def default_url() -> str:
+    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'registry.db'}"
+
+
+def create_db_engine(url: str | None = None) -> Engine:
+    """An engine for ``url`` (default: SQLite in the store folder), its schema migrated."""
+    url = url or default_url()
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        _sqlite_pragmas(engine)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    migrate(engine)
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL (readers never block), a busy timeout, and BEGIN IMMEDIATE so writers queue up front."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def lock(conn: Connection, key: str) -> None:
+    """Serialise writers of ``key`` for the rest of the transaction (SQLite: BEGIN IMMEDIATE does)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+
+
+def current_version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; return the version found before."""
+    with engine.begin() as conn:
+        lock(conn, "imgclf-schema")
+        schema_version.create(conn, checkfirst=True)
+        found = current_version(conn)
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(f"registry schema is version {found}, newer than this code ({SCHEMA_VERSION})")
+        for version, step in MIGRATIONS:
+            if version > found:
+                log.info("migrating the registry schema to version %d", version)
+                step(conn)
+                conn.execute(schema_version.insert().values(version=version))
+    return found

@@ -1,0 +1,61 @@
+"""Feedback: an image and its correct label, kept once (by content) as a class-per-folder dataset.
+
+``<feedback_dir>/<model name>/<percent-encoded label>/<sha256 prefix>.<ext>``: exactly what
+``data.extra_train`` reads, so the next retrain learns from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from training.imaging import ImageError, open_image
+
+from .errors import InvalidInput, from_image_error
+from .registry import Registry
+
+LABEL = re.compile(r"^[^\x00-\x1f]{1,100}$")
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif"}
+
+
+@dataclass
+class Feedback:
+    sha256: str
+    label: str
+    path: Path
+    duplicate: bool
+
+
+def label_folder(label: str) -> str:
+    return quote(label, safe=" -_.+()")
+
+
+def save_feedback(registry: Registry, root: Path, model_name: str, data: bytes, label: str, classes: list[str],
+                  allow_new: bool, max_pixels: int) -> Feedback:  # fmt: skip
+    """Validate and keep one feedback image. Raises ``InvalidInput`` (or an image error) when unusable."""
+    label = label.strip()
+    if not LABEL.match(label) or label in (".", ".."):
+        raise InvalidInput("label must be 1-100 printable characters", reason="bad_label")
+    if label not in classes and not allow_new:
+        raise InvalidInput(f"label {label!r} is not a class of the model; known: {', '.join(classes)} "
+                           "(new labels are off: IMGCLF_FEEDBACK_NEW_LABELS)", reason="unknown_label")  # fmt: skip
+    try:
+        img = open_image(data, max_pixels)
+    except ImageError as exc:
+        raise from_image_error(exc, "feedback image") from None
+    sha = hashlib.sha256(data).hexdigest()
+    folder = root / model_name / label_folder(label)
+    path = folder / f"{sha[:32]}{EXTENSIONS.get(img.format or '', '.img')}"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)  # atomic: a retrain never reads half an image
+    new = registry.add_feedback(model_name, sha, label, str(path))
+    return Feedback(sha, label, path, duplicate=not new)

@@ -1,0 +1,198 @@
+"""Where training jobs run: a local low-priority process, or a Kubernetes ``batch/v1`` Job.
+
+Both start ``python -m service.retrain JOB_ID``, which records its own progress and end in the
+registry. The backend starts, cancels, tells whether the job's process is still there, and reads
+its log; :func:`sweep` fails jobs whose process has gone without saying how it ended.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from .registry import ACTIVE, Registry, now
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+JOB_COMMAND = [sys.executable, "-m", "service.retrain"]
+
+
+class Backend(Protocol):
+    name: str
+
+    def submit(self, job: dict[str, Any]) -> None: ...
+    def cancel(self, job: dict[str, Any]) -> None: ...
+    def alive(self, job: dict[str, Any]) -> bool | None: ...  # None: cannot tell from here
+    def log_tail(self, job: dict[str, Any], lines: int = 40) -> list[str]: ...
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+class LocalBackend:
+    """A child process per job, in its own session (a service restart does not kill it), niced."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings, registry: Registry):
+        self.settings = settings
+        self.registry = registry
+        self.host = socket.gethostname()
+
+    def submit(self, job: dict[str, Any]) -> None:
+        job_dir = self.settings.jobs_dir / job["id"]
+        job_dir.mkdir(parents=True, exist_ok=True)
+        log_path = job_dir / "job.log"
+        threads = str(self.settings.retrain_threads)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
+                   IMGCLF_JOB_ID=job["id"])  # fmt: skip
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the service reports jobs from the registry, not the child
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen([*JOB_COMMAND, job["id"]], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                    cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+        self.registry.update_job(job["id"], pid=proc.pid, host=self.host, log_path=str(log_path))
+        threading.Thread(target=self._reap, args=(job["id"], proc), daemon=True, name=f"reap-{job['id']}").start()
+        log.info("job %s started as process %d (log %s)", job["id"], proc.pid, log_path)
+
+    def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        if self.registry.finish_job(job_id, "failed", error=f"training process {proc.pid} ended without "
+                                                            f"finishing the job ({describe_exit(code)})"):  # fmt: skip
+            log.error("job %s: process %d %s", job_id, proc.pid, describe_exit(code))
+
+    def cancel(self, job: dict[str, Any]) -> None:
+        if job.get("pid") and job.get("host") == self.host and self.alive(job):
+            os.kill(job["pid"], signal.SIGTERM)
+
+    def alive(self, job: dict[str, Any]) -> bool | None:
+        if not job.get("pid"):
+            return None
+        if job.get("host") != self.host:
+            return None
+        try:
+            cmdline = Path(f"/proc/{job['pid']}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return job["id"].encode() in cmdline  # not a recycled pid
+
+    def log_tail(self, job: dict[str, Any], lines: int = 40) -> list[str]:
+        path = job.get("log_path")
+        if not path or not Path(path).is_file():
+            return []
+        with open(path, errors="replace") as fh:
+            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+
+
+class KubernetesBackend:
+    """A ``batch/v1`` Job per training job, made from ``k8s/base/retrain-job.yaml``."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, registry: Registry, api: Any = None):
+        self.settings = settings
+        self.registry = registry
+        self.template = yaml.safe_load(settings.k8s_job_template.read_text())
+        self._api = api
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self._api = (client.BatchV1Api(), client.CoreV1Api())
+        return self._api
+
+    def manifest(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The Job object for ``job``: the template with its name, labels and command filled in."""
+        body = copy.deepcopy(self.template)
+        name = f"imgclf-retrain-{job['id']}"
+        body["metadata"]["name"] = name
+        labels = {"app.kubernetes.io/name": "imgclf", "app.kubernetes.io/component": "retrain",
+                  "imgclf/job-id": job["id"]}  # fmt: skip
+        body["metadata"].setdefault("labels", {}).update(labels)
+        pod = body["spec"]["template"]
+        pod.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+        container = pod["spec"]["containers"][0]
+        container["args"] = [*container.get("args", []), job["id"]]
+        container.setdefault("env", []).append({"name": "IMGCLF_JOB_ID", "value": job["id"]})
+        return body
+
+    def submit(self, job: dict[str, Any]) -> None:
+        body = self.manifest(job)
+        self.api[0].create_namespaced_job(self.settings.k8s_namespace, body)
+        self.registry.update_job(job["id"], external_id=body["metadata"]["name"])
+
+    def cancel(self, job: dict[str, Any]) -> None:
+        if job.get("external_id"):
+            self.api[0].delete_namespaced_job(job["external_id"], self.settings.k8s_namespace,
+                                              propagation_policy="Background")  # fmt: skip
+
+    def alive(self, job: dict[str, Any]) -> bool | None:
+        if not job.get("external_id"):
+            return None
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            status = self.api[0].read_namespaced_job_status(job["external_id"], self.settings.k8s_namespace).status
+        except ApiException as exc:
+            return False if exc.status == 404 else None
+        return not (status.failed and not status.active) and not status.succeeded
+
+    def log_tail(self, job: dict[str, Any], lines: int = 40) -> list[str]:
+        if not job.get("external_id"):
+            return []
+        core = self.api[1]
+        pods = core.list_namespaced_pod(self.settings.k8s_namespace, label_selector=f"imgclf/job-id={job['id']}")
+        if not pods.items:
+            return []
+        text = core.read_namespaced_pod_log(pods.items[-1].metadata.name, self.settings.k8s_namespace,
+                                            tail_lines=lines)  # fmt: skip
+        return text.splitlines()
+
+
+def make_backend(settings: Settings, registry: Registry) -> Backend:
+    return (
+        KubernetesBackend(settings, registry)
+        if settings.retrain_backend == "kubernetes"
+        else LocalBackend(settings, registry)
+    )
+
+
+def sweep(registry: Registry, backend: Backend, stale_seconds: float) -> list[str]:
+    """Fail active jobs whose process is gone (or silent for ``stale_seconds``); returns their ids."""
+    failed = []
+    for job in registry.jobs(limit=200):
+        if job["status"] not in ACTIVE:
+            continue
+        alive = backend.alive(job)
+        reason = None
+        if alive is False:
+            reason = "its training process is gone (killed, crashed, or lost with a restart)"
+        elif alive is None:
+            last = dt.datetime.fromisoformat(job.get("heartbeat_at") or job["created_at"])
+            if (now() - last).total_seconds() > stale_seconds:
+                reason = f"no sign of life for over {stale_seconds:.0f} s"
+        if reason and registry.finish_job(job["id"], "failed", error=f"job failed: {reason}"):
+            log.error("job %s failed: %s", job["id"], reason)
+            failed.append(job["id"])
+    return failed

@@ -1,0 +1,111 @@
+"""The retraining loop's use-cases, framework-free: start and follow jobs, promote, roll back, feedback.
+
+The admin routes call these; every worker also runs :meth:`Operations.tick` on its watcher thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from training import store
+
+from . import metrics
+from .errors import InvalidInput, NotFound, ServiceError
+from .feedback import Feedback, save_feedback
+from .jobs import Backend, make_backend, sweep
+from .registry import Registry
+from .retrain import job_config
+from .schemas import RetrainRequest
+from .serving import ServingState
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobStartFailed(ServiceError):
+    status = 503
+    reason = "job_start_failed"
+
+
+class Operations:
+    def __init__(self, settings: Settings, registry: Registry, state: ServingState, backend: Backend | None = None):
+        self.settings = settings
+        self.registry = registry
+        self.state = state
+        self.backend = backend or make_backend(settings, registry)
+        self.model_name = settings.model_name
+
+    # ------------------------------------------------------------ jobs
+    def start_retrain(self, req: RetrainRequest) -> dict[str, Any]:
+        champion = self.registry.champion(self.model_name)
+        cfg = job_config(req, self.settings, champion)
+        job = self.registry.create_job(self.model_name, self.backend.name, req.model_dump(mode="json"),
+                                       cfg.model_dump(mode="json"))  # fmt: skip
+        try:
+            self.backend.submit(job)
+        except Exception as exc:
+            self.registry.finish_job(job["id"], "failed", error=f"could not start: {type(exc).__name__}: {exc}")
+            raise JobStartFailed(f"could not start the training job ({self.backend.name} backend): {exc}") from exc
+        return self.registry.job(job["id"])
+
+    def job(self, job_id: str, log_lines: int = 40) -> dict[str, Any]:
+        job = self.registry.job(job_id)
+        try:
+            job["log_tail"] = self.backend.log_tail(job, log_lines)
+        except Exception as exc:  # noqa: BLE001 - the log is a convenience
+            job["log_tail"] = [f"(log unavailable: {exc})"]
+        return job
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.registry.request_cancel(job_id)
+        if job["status"] == "running":
+            self.backend.cancel(job)
+        return self.job(job_id)
+
+    def tick(self) -> None:
+        """Fail jobs whose process has gone; count ended jobs in this worker's metrics."""
+        sweep(self.registry, self.backend, self.settings.job_stale_seconds)
+        for job in self.registry.claim_unobserved():
+            metrics.observe_job(job)
+
+    # ------------------------------------------------------------ champion
+    def promote(self, tag: str, reason: str) -> dict[str, Any]:
+        if not tag.startswith(self.model_name + ":"):
+            raise InvalidInput(f"{tag} is not a version of {self.model_name}", reason="wrong_model")
+        try:
+            stored = store.load_model(tag)  # refuses a damaged model before it can be served
+        except store.StoreError as exc:
+            raise NotFound(str(exc), reason="model_not_loadable") from None
+        test = stored.metadata.get("metrics", {}).get("test", {})
+        event = self.registry.promote(self.model_name, tag, reason, kind="manual",
+                                      challenger={"accuracy": test.get("accuracy")})  # fmt: skip
+        metrics.PROMOTIONS.labels("manual").inc()
+        self.state.wake()
+        return event
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        event = self.registry.rollback(self.model_name, reason)
+        metrics.PROMOTIONS.labels("rollback").inc()
+        self.state.wake()
+        return event
+
+    def models(self) -> dict[str, Any]:
+        champion = self.registry.champion(self.model_name)
+        versions = [
+            {"tag": str(m.tag), "created": m.info.creation_time.isoformat(), "champion": str(m.tag) == champion,
+             "architecture": m.info.metadata.get("architecture", "?"), "metrics": m.info.metadata.get("metrics", {})}
+            for m in store.list_versions(self.model_name)
+        ]  # fmt: skip
+        return {"name": self.model_name, "champion": champion, "versions": versions,
+                "history": self.registry.history(self.model_name),
+                "feedback": self.registry.feedback_counts(self.model_name)}  # fmt: skip
+
+    # ------------------------------------------------------------ feedback
+    def feedback(self, data: bytes, label: str) -> Feedback:
+        clf = self.state.require()
+        fb = save_feedback(self.registry, self.settings.feedback_dir, self.model_name, data, label, clf.classes,
+                           self.settings.feedback_new_labels, self.settings.max_pixels)  # fmt: skip
+        if not fb.duplicate:
+            metrics.FEEDBACK.labels(self.model_name).inc()
+        return fb

@@ -1,0 +1,240 @@
+"""The model registry: which version is champion, every promotion, refusal and rollback, every job.
+
+Plain functions over :mod:`service.db` tables; every write is one transaction. Shared by the
+service workers (any number, any replica) and the training job processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from . import db
+from .errors import Conflict, JobConflict, NotFound
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as JSON-able dict: datetimes as ISO 8601 UTC strings."""
+    out = dict(row._mapping)
+    for key, value in out.items():
+        if isinstance(value, dt.datetime):
+            out[key] = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
+    return out
+
+
+class Registry:
+    def __init__(self, engine: Engine | str | None = None):
+        self.engine = engine if isinstance(engine, Engine) else db.create_db_engine(engine)
+
+    # ------------------------------------------------------------ champion
+    def champion(self, model_name: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = self._champion_row(conn, model_name)
+        return row["tag"] if row else None
+
+    @staticmethod
+    def _champion_row(conn: Connection, model_name: str) -> Any:
+        t = db.champions
+        query = (sa.select(t).where(t.c.model_name == model_name, t.c.rolled_back_at.is_(None))
+                 .order_by(t.c.id.desc()).limit(1))  # fmt: skip
+        row = conn.execute(query).first()
+        return row._mapping if row else None
+
+    def ensure_champion(self, model_name: str, tag: str) -> str:
+        """The champion, making ``tag`` the first one when there is none yet."""
+        with self.engine.begin() as conn:
+            db.lock(conn, f"champion:{model_name}")
+            row = self._champion_row(conn, model_name)
+            if row is not None:
+                return row["tag"]
+            self._push(conn, model_name, tag, "initial", "first trained model becomes champion", None)
+            return tag
+
+    def promote(
+        self,
+        model_name: str,
+        tag: str,
+        reason: str,
+        *,
+        kind: str = "promoted",
+        challenger: dict | None = None,
+        champion: dict | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Make ``tag`` the champion; returns the recorded event."""
+        with self.engine.begin() as conn:
+            db.lock(conn, f"champion:{model_name}")
+            current = self._champion_row(conn, model_name)
+            if current is not None and current["tag"] == tag:
+                raise Conflict(f"{tag} is already the champion of {model_name}", reason="already_champion")
+            return self._push(conn, model_name, tag, kind, reason, current["tag"] if current else None,
+                              challenger=challenger, champion=champion, job_id=job_id)  # fmt: skip
+
+    def _push(self, conn: Connection, model_name: str, tag: str, kind: str, reason: str, previous: str | None,
+              **extra: Any) -> dict[str, Any]:  # fmt: skip
+        event = self._event(conn, model_name, kind, tag, previous, reason, **extra)
+        conn.execute(db.champions.insert().values(model_name=model_name, tag=tag, promoted_at=now(),
+                                                  event_id=event["id"]))  # fmt: skip
+        return event
+
+    def refuse(self, model_name: str, tag: str, reason: str, *, challenger: dict, champion: dict | None,
+               job_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+        with self.engine.begin() as conn:
+            current = self._champion_row(conn, model_name)
+            return self._event(conn, model_name, "refused", tag, current["tag"] if current else None, reason,
+                               challenger=challenger, champion=champion, job_id=job_id)  # fmt: skip
+
+    def rollback(self, model_name: str, reason: str) -> dict[str, Any]:
+        """Pop the champion: the one before it serves again. Raises :class:`Conflict` with nothing to pop."""
+        with self.engine.begin() as conn:
+            db.lock(conn, f"champion:{model_name}")
+            t = db.champions
+            live = conn.execute(sa.select(t).where(t.c.model_name == model_name, t.c.rolled_back_at.is_(None))
+                                .order_by(t.c.id.desc()).limit(2)).all()  # fmt: skip
+            if len(live) < 2:
+                raise Conflict(f"{model_name} has no earlier champion to roll back to", reason="nothing_to_roll_back")
+            current, previous = live[0]._mapping, live[1]._mapping
+            conn.execute(t.update().where(t.c.id == current["id"]).values(rolled_back_at=now()))
+            return self._event(conn, model_name, "rollback", previous["tag"], current["tag"], reason)
+
+    def _event(self, conn: Connection, model_name: str, kind: str, tag: str | None, previous: str | None,
+               reason: str, **extra: Any) -> dict[str, Any]:  # fmt: skip
+        values = dict(model_name=model_name, kind=kind, tag=tag, previous_tag=previous, reason=reason,
+                      created_at=now(), **extra)  # fmt: skip
+        event_id = conn.execute(db.events.insert().values(**values)).inserted_primary_key[0]
+        return _plain(conn.execute(sa.select(db.events).where(db.events.c.id == event_id)).one())
+
+    def history(self, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Champion events, newest first."""
+        t = db.events
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.model_name == model_name).order_by(t.c.id.desc()).limit(limit))
+            return [_plain(r) for r in rows]
+
+    def champion_tags(self, model_name: str) -> list[str]:
+        """Every tag that has been champion (and not rolled back), oldest first."""
+        t = db.champions
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.tag).where(t.c.model_name == model_name, t.c.rolled_back_at.is_(None))
+                                .order_by(t.c.id)).scalars()  # fmt: skip
+            return list(rows)
+
+    # ------------------------------------------------------------ jobs
+    def create_job(self, model_name: str, backend: str, request: dict, config: dict) -> dict[str, Any]:
+        """A new queued job. Raises :class:`JobConflict` while another job for ``model_name`` is active."""
+        job_id = uuid.uuid4().hex[:12]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(db.active_jobs.insert().values(model_name=model_name, job_id=job_id))
+                conn.execute(db.jobs.insert().values(id=job_id, model_name=model_name, status="queued",
+                                                     backend=backend, request=request, config=config,
+                                                     created_at=now(), cancel_requested=False,
+                                                     observed=False))  # fmt: skip
+        except sa.exc.IntegrityError:
+            with self.engine.connect() as conn:
+                running = conn.execute(sa.select(db.active_jobs.c.job_id)
+                                       .where(db.active_jobs.c.model_name == model_name)).scalar()  # fmt: skip
+            raise JobConflict(f"a training job for {model_name} is already active: {running}; wait for it or cancel "
+                              f"it (POST /jobs/{running}/cancel)", job_id=running or "") from None  # fmt: skip
+        return self.job(job_id)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.jobs).where(db.jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return _plain(row)
+
+    def jobs(self, model_name: str | None = None, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        t = db.jobs
+        query = sa.select(t).order_by(t.c.created_at.desc()).limit(limit)
+        if model_name:
+            query = query.where(t.c.model_name == model_name)
+        if status:
+            query = query.where(t.c.status == status)
+        with self.engine.connect() as conn:
+            return [_plain(r) for r in conn.execute(query)]
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(db.jobs.update().where(db.jobs.c.id == job_id).values(**values))
+
+    def start_job(self, job_id: str, **values: Any) -> bool:
+        """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
+        t = db.jobs
+        with self.engine.begin() as conn:
+            started = now()
+            query = t.update().where(t.c.id == job_id, t.c.status == "queued")
+            result = conn.execute(query.values(status="running", started_at=started, heartbeat_at=started, **values))
+            return result.rowcount == 1
+
+    def heartbeat(self, job_id: str, progress: dict | None = None) -> bool:
+        """Record progress; returns whether a cancel was requested."""
+        t = db.jobs
+        values: dict[str, Any] = {"heartbeat_at": now()}
+        if progress is not None:
+            values["progress"] = progress
+        with self.engine.begin() as conn:
+            conn.execute(t.update().where(t.c.id == job_id).values(**values))
+            return bool(conn.execute(sa.select(t.c.cancel_requested).where(t.c.id == job_id)).scalar())
+
+    def finish_job(self, job_id: str, status: str, **values: Any) -> bool:
+        """Move an active job to a terminal ``status``; False when it had already ended."""
+        assert status in TERMINAL, status
+        t = db.jobs
+        with self.engine.begin() as conn:
+            done = conn.execute(t.update().where(t.c.id == job_id, t.c.status.in_(ACTIVE))
+                                .values(status=status, finished_at=now(), **values)).rowcount == 1  # fmt: skip
+            conn.execute(db.active_jobs.delete().where(db.active_jobs.c.job_id == job_id))
+            return done
+
+    def request_cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.job(job_id)
+        if job["status"] not in ACTIVE:
+            raise Conflict(f"job {job_id} has already ended ({job['status']})", reason="job_ended")
+        self.update_job(job_id, cancel_requested=True)
+        if job["status"] == "queued":
+            self.finish_job(job_id, "cancelled", error="cancelled before it started")
+        return self.job(job_id)
+
+    def claim_unobserved(self) -> list[dict[str, Any]]:
+        """Ended jobs no worker has counted in its metrics yet; each is handed to exactly one caller."""
+        t = db.jobs
+        claimed = []
+        with self.engine.begin() as conn:
+            ids = conn.execute(sa.select(t.c.id).where(t.c.status.in_(TERMINAL), t.c.observed.is_(False))).scalars()
+            for job_id in list(ids):
+                won = conn.execute(t.update().where(t.c.id == job_id, t.c.observed.is_(False))
+                                   .values(observed=True)).rowcount == 1  # fmt: skip
+                if won:
+                    claimed.append(_plain(conn.execute(sa.select(t).where(t.c.id == job_id)).one()))
+        return claimed
+
+    # ------------------------------------------------------------ feedback
+    def add_feedback(self, model_name: str, sha256: str, label: str, path: str) -> bool:
+        """Record one feedback image; False when the same content was already given."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(db.feedback.insert().values(model_name=model_name, sha256=sha256, label=label,
+                                                         path=path, created_at=now()))  # fmt: skip
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def feedback_counts(self, model_name: str) -> dict[str, int]:
+        t = db.feedback
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.label, sa.func.count()).where(t.c.model_name == model_name)
+                                .group_by(t.c.label))  # fmt: skip
+            return {label: int(n) for label, n in rows}
