@@ -1,10 +1,8 @@
 """Integration: a real `bentoml serve` subprocess on a free port, with a tiny trained model."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,49 +11,23 @@ import numpy as np
 import pytest
 import torch
 from conftest import COLOURS, colour_image, encode
+from server import ROOT, Server
 
 from training import load_model
 from training.data import KeyLoader
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(trained_model, tmp_path_factory):
     tag, _ = trained_model
-    port = free_port()
-    env = dict(os.environ, IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="auto",
-               IMGCLF_MAX_LATENCY_MS="50", IMGCLF_MAX_BATCH_SIZE="16", IMGCLF_AGREEMENT_SAMPLES="50")  # fmt: skip
-    log = (tmp_path_factory.mktemp("server") / "serve.log").open("w")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server not ready in 180 s: " + Path(log.name).read_text()[-3000:])
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="auto", IMGCLF_MAX_LATENCY_MS="50",
+               IMGCLF_MAX_BATCH_SIZE="16", IMGCLF_AGREEMENT_SAMPLES="50",
+               IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}")  # fmt: skip
+    srv = Server(env, tmp_path_factory.mktemp("server") / "serve.log").start()
+    yield srv.base
+    srv.stop()
 
 
 def test_health_model_and_docs(server):
