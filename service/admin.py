@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -17,7 +16,6 @@ from .errors import Forbidden, InvalidInput, Unauthorized
 from .operations import Operations
 from .parsing import file_bytes, read_form
 from .schemas import (
-    ErrorResponse,
     FeedbackResponse,
     JobAccepted,
     JobInfo,
@@ -25,13 +23,11 @@ from .schemas import (
     PromoteRequest,
     RetrainRequest,
     RollbackRequest,
+    error_responses,
 )
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    int(s): {"model": ErrorResponse, "description": s.phrase}
-    for s in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND,
-              HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)
-}  # fmt: skip
+ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
+                               HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
 
 FEEDBACK_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["image", "label"],

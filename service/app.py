@@ -21,16 +21,14 @@ from .schemas import (
     ClassifyBatchResponse,
     ClassifyJSONRequest,
     ClassifyResponse,
-    ErrorResponse,
     ModelInfo,
+    error_responses,
 )
 from .serving import ClassifyResult, ServingState
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    int(s): {"model": ErrorResponse, "description": s.phrase}
-    for s in (HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-              HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE)
-}  # fmt: skip
+ERROR_RESPONSES = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                  HTTPStatus.UNSUPPORTED_MEDIA_TYPE, HTTPStatus.TOO_MANY_REQUESTS,
+                                  HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
 _BINARY = {"type": "string", "format": "binary"}
 _TOP_K = Query(None, ge=1, le=1000, description="How many classes to return (default 5, capped at the class count).")
 

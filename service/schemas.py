@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +51,11 @@ class ModelInfo(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(..., description="What was wrong and what is accepted.")
     reason: str = Field(..., description="A short machine-readable code.")
+
+
+def error_responses(*statuses: HTTPStatus) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, all with the :class:`ErrorResponse` body."""
+    return {int(s): {"model": ErrorResponse, "description": s.phrase} for s in statuses}
 
 
 # ---------------------------------------------------------------- retraining and registry
