@@ -117,6 +117,9 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
                          preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
                          created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid())  # fmt: skip
 
+    from .oip_http import create_oip_router
+
+    app.include_router(create_oip_router(get_state))
     if get_ops is not None:
         from .admin import create_admin_router
 

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from training.metrics import softmax
 from training.store import StoredModel, load_model
 from training.transforms import EvalPreprocessor
 
-from .runtimes import CPU_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir
+from .runtimes import CPU_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir, locked
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     transform = EvalPreprocessor(stored.preprocessing)
     batches = _calibration_batches(stored, transform, settings.agreement_samples)
     cache_file = export_dir(stored) / "runtimes.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cache = _read_cache(cache_file)
     if settings.runtime != "auto":
         candidates = [settings.runtime]
     else:  # on a GPU machine the GPU; otherwise measure every CPU runtime
@@ -146,13 +147,28 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
             if settings.runtime != "auto":
                 raise
         report["candidates"][name] = entry
-    cache.update({k: v for k, v in report["candidates"].items() if "agreement" in v})
-    cache_file.write_text(json.dumps(cache, indent=2))
+    _update_cache(cache_file, {k: v for k, v in report["candidates"].items() if "agreement" in v})
     assert best is not None
     report["chosen"] = best[1].name
     report["agreement"] = report["candidates"][best[1].name].get("agreement", 1.0)
     report["threads"] = threads
     return best[1], report
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent, or unreadable: measure again
+
+
+def _update_cache(path: Path, entries: dict) -> None:
+    """Merge ``entries`` into the per-version cache; workers loading the same version at once are serialised."""
+    with locked(path.parent):
+        cache = _read_cache(path) | entries
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=2))
+        tmp.replace(path)
 
 
 def _shape(stored: StoredModel) -> tuple[int, int, int]:

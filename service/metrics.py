@@ -45,6 +45,9 @@ PROMOTIONS = Counter("imgclf_promotions_total", "Champion decisions: promoted, r
 CHALLENGER_ACCURACY = Gauge("imgclf_last_challenger_accuracy", "Holdout accuracy of the last judged challenger.",
                             ["model"], multiprocess_mode="mostrecent")  # fmt: skip
 FEEDBACK = Counter("imgclf_feedback_samples_total", "Feedback images collected (duplicates not counted).", ["model"])
+GRPC_REQUESTS = Counter("imgclf_grpc_requests_total", "gRPC calls, by method and status code.", ["method", "code"])
+GRPC_SECONDS = Histogram("imgclf_grpc_request_seconds", "gRPC call latency, by method.", ["method"],
+                         buckets=LATENCY_BUCKETS)  # fmt: skip
 
 
 def observe_batch(size: int, queue_seconds: float, infer_seconds: float) -> None:

@@ -47,7 +47,7 @@ def export_dir(stored: StoredModel) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: Path) -> Iterator[None]:
     """Serialise exports across worker processes that start together."""
     with open(directory / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -94,7 +94,7 @@ def cuda_runtime(model: nn.Module) -> InferenceRuntime:
 # ---------------------------------------------------------------- ONNX Runtime
 def export_onnx(stored: StoredModel) -> Path:
     out = export_dir(stored) / "model.onnx"
-    with _locked(out.parent):
+    with locked(out.parent):
         if not out.is_file():
             tmp = out.with_suffix(".tmp.onnx")
             torch.onnx.export(
@@ -127,7 +127,7 @@ def export_openvino(stored: StoredModel, calibration: Callable[[], Iterator[np.n
 
     name = "model-int8.xml" if calibration else "model.xml"
     out = export_dir(stored) / name
-    with _locked(out.parent):
+    with locked(out.parent):
         if not out.is_file():
             ov_model = ov.convert_model(stored.model.eval(), example_input=_example(stored))
             if calibration is not None:

@@ -14,6 +14,7 @@ configure_environment()
 import bentoml  # noqa: E402
 
 from .app import create_app  # noqa: E402
+from .grpc_server import GrpcServer  # noqa: E402
 from .operations import Operations  # noqa: E402
 from .registry import Registry  # noqa: E402
 from .serving import ServingState  # noqa: E402
@@ -56,9 +57,18 @@ class ImageClassifier:
         self.state.load()
         self.state.tasks.append(self.ops.tick)
         self.state.start_watching()
+        self.grpc = GrpcServer(self.state, settings) if settings.grpc_port else None
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """Each worker serves gRPC on the shared port, on its own event loop (same batcher as HTTP)."""
+        if self.grpc is not None:
+            await self.grpc.start()
 
     def __is_ready__(self) -> bool:
         return self.state.ready
 
     async def __shutdown__(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
         await self.state.close()

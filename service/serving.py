@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -185,42 +186,67 @@ class ServingState:
         metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - start)
         return x
 
-    async def classify(self, images: list[bytes], top_k: int | None, endpoint: str) -> list[ClassifyResult]:
-        """Classify each image; a bad image gets its own error and does not fail the others."""
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[Served]:
+        """The model this request runs on from start to end, whatever swaps meanwhile."""
         self.require()
-        served = self.served  # one model for the whole request, whatever swaps meanwhile
+        served = self.served
         assert served is not None
         served.in_flight += 1
         try:
-            return await self._classify(served, images, top_k, endpoint)
+            yield served
         finally:
             served.in_flight -= 1
 
-    async def _classify(self, served: Served, images: list[bytes], top_k: int | None,
-                        endpoint: str) -> list[ClassifyResult]:  # fmt: skip
+    async def classify(self, images: list[bytes], top_k: int | None, endpoint: str) -> list[ClassifyResult]:
+        """Top-k for each image; a bad image gets its own error and does not fail the others."""
+        with self._use() as served:
+            clf = served.classifier
+            k = self.check_top_k(top_k, clf)
+            outputs = await self._probabilities(served, images, endpoint)
+        return [ClassifyResult(error=out) if isinstance(out, ServiceError) else
+                ClassifyResult(predictions=clf.top_k(out, k)) for out in outputs]  # fmt: skip
+
+    async def probabilities(self, images: list[bytes], endpoint: str) -> tuple[Classifier, list]:
+        """Class probabilities (or a :class:`ServiceError`) per encoded image, and the model that answered."""
+        with self._use() as served:
+            return served.classifier, await self._probabilities(served, images, endpoint)
+
+    async def probabilities_of_tensors(self, batch: np.ndarray, endpoint: str) -> tuple[Classifier, np.ndarray]:
+        """Probabilities for already-preprocessed float32 images (N, C, H, W) of the served model's shape."""
+        with self._use() as served:
+            clf = served.classifier
+            if batch.ndim != 4 or tuple(batch.shape[1:]) != clf.input_shape:
+                c, h, w = clf.input_shape
+                raise InvalidInput(f"preprocessed input must have shape [N, {c}, {h}, {w}], got "
+                                   f"{list(batch.shape)}", reason="bad_shape")  # fmt: skip
+            metrics.IMAGES.labels(endpoint).inc(len(batch))
+            rows = await asyncio.gather(*(self._submit(served, x) for x in batch.astype(np.float32, copy=False)))
+            return clf, np.stack(rows)
+
+    async def _probabilities(self, served: Served, images: list[bytes], endpoint: str) -> list:
         clf = served.classifier
-        k = self.check_top_k(top_k, clf)
         metrics.IMAGES.labels(endpoint).inc(len(images))
         loop = asyncio.get_running_loop()
 
-        async def one(data: bytes) -> ClassifyResult:
+        async def one(data: bytes) -> np.ndarray | ServiceError:
             try:
                 x = await loop.run_in_executor(self._pre_pool, self._preprocess, clf, data)
             except ImageError as exc:
                 err = from_image_error(exc)
                 metrics.REJECTED.labels(endpoint, err.reason).inc()
                 err.counted = True
-                return ClassifyResult(error=err)
-            return await self.classify_tensor(served, x, k)
+                return err
+            return await self._submit(served, x)
 
         return list(await asyncio.gather(*(one(d) for d in images)))
 
-    async def classify_tensor(self, served: Served, x: np.ndarray, k: int) -> ClassifyResult:
+    async def _submit(self, served: Served, x: np.ndarray) -> np.ndarray:
         probs = await served.batcher.submit(x)
-        clf = served.classifier
-        preds = clf.top_k(probs, k)
-        metrics.observe_prediction(clf.tag, preds[0]["label"], preds[0]["score"], self.settings.low_confidence)
-        return ClassifyResult(predictions=preds)
+        top = int(np.argmax(probs))
+        metrics.observe_prediction(served.classifier.tag, served.classifier.classes[top], float(probs[top]),
+                                   self.settings.low_confidence)  # fmt: skip
+        return probs
 
     async def close(self) -> None:
         self._stop.set()

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     agreement_samples: int = Field(1000, ge=10, description="Test images used for the agreement check.")
     access_log: bool = Field(True, description="Log every request (BentoML's access log).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: CORS off).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC (Open Inference Protocol) port; 0: off.")
+    grpc_host: str = Field("0.0.0.0", description="gRPC bind address.")
+    grpc_max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest gRPC/v2 message.")
 
     # ---- registry and retraining
     database_url: str | None = Field(

@@ -24,9 +24,10 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None):
-        self.env = dict(os.environ, **env)
         self.log_path = log_path
         self.port = port or free_port()
+        self.grpc_port = free_port()  # its own: workers of one server share a port (SO_REUSEPORT), servers must not
+        self.env = dict(os.environ, IMGCLF_GRPC_PORT=str(self.grpc_port), IMGCLF_GRPC_HOST="127.0.0.1", **env)
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 

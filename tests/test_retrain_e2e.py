@@ -95,6 +95,20 @@ def both_workers_serve(base: str, tag: str) -> bool:
     return len(served) == 2 and set(served.values()) == {tag}
 
 
+def grpc_versions(server: Server, image: bytes, calls: int = 8) -> set[str]:
+    """The model versions that answer gRPC ModelInfer calls (spread over the workers)."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+
+    versions = set()
+    for _ in range(calls):
+        with tgrpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as client:  # new connection each time
+            inp = tgrpc.InferInput("image", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([image], dtype=object))
+            versions.add(client.infer("loop", [inp]).get_response().model_version)
+    return versions
+
+
 def retrain(base: str, **body) -> str:
     r = httpx.post(base + "/retrain", json=body, headers=AUTH)
     assert r.status_code == 202, r.text
@@ -134,6 +148,7 @@ def test_the_retraining_loop(world):
         assert done["decision"]["promoted"] and done["decision"]["champion_tag"] == v1
         assert done["progress"]["epoch"] >= 1 and done["log_tail"]
         wait_for("v2 on both workers", lambda: both_workers_serve(base, v2), timeout=60)
+        assert grpc_versions(server, image) == {v2.split(":")[1]}  # gRPC follows the champion too
 
         # a model trained on shuffled labels is refused; v2 stays
         bad = finished(base, retrain(base, data="shuffled.csv", epochs=6))

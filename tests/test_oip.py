@@ -1,0 +1,240 @@
+"""The Open Inference Protocol over gRPC and HTTP, driven by tritonclient (a client nobody here wrote)."""
+
+from __future__ import annotations
+
+import struct
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from conftest import COLOURS, colour_image, encode
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server import Server
+from tritonclient.utils import InferenceServerException
+
+from service import oip
+from service.errors import InvalidInput
+from service.oip_http import HEADER, parse_request
+from training.imaging import decode_image
+from training.store import load_model
+from training.transforms import EvalPreprocessor
+
+
+# ---------------------------------------------------------------- wire encodings (no server)
+def test_bytes_tensor_round_trip_and_malformed_input():
+    items = [b"", b"abc", bytes(range(256))]
+    assert oip.decode_bytes(oip.encode_bytes(items)) == items
+    with pytest.raises(InvalidInput, match="truncated"):
+        oip.decode_bytes(b"\x01\x00")
+    with pytest.raises(InvalidInput, match="past the end"):
+        oip.decode_bytes(struct.pack("<I", 10) + b"abc")
+
+
+def test_numeric_tensors_need_the_right_size_and_type():
+    x = np.arange(6, dtype="<f4")
+    assert oip.decode_numeric(x.tobytes(), "FP32", [2, 3]).shape == (2, 3)
+    with pytest.raises(InvalidInput, match="needs 24 bytes"):
+        oip.decode_numeric(x.tobytes()[:-4], "FP32", [2, 3])
+    with pytest.raises(InvalidInput, match="INT8 is not accepted"):
+        oip.decode_numeric(b"\x00", "INT8", [1])
+
+
+def test_http_request_parsing_json_and_binary():
+    doc = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}],
+           "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}  # fmt: skip
+    req = parse_request("m", "", httpx.Request("POST", "/", json=doc).read(), None)
+    assert req.inputs[0].data == [b"hello"] and req.outputs[0].classification == 3 and not req.outputs[0].binary
+    head = b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 9}}]}'
+    req = parse_request("m", "", head + oip.encode_bytes([b"hello"]), str(len(head)))
+    assert req.inputs[0].data == [b"hello"]
+    cases = [(b"{", None, "not valid JSON"), (b"[]", None, "'inputs' list"),
+             (head, str(len(head) + 5), "does not fit"), (head, str(len(head)), "runs past")]  # fmt: skip
+    for body, header, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            parse_request("m", "", body, header)
+    bad_b64 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}
+    with pytest.raises(InvalidInput, match="base64"):
+        parse_request("m", "", httpx.Request("POST", "/", json=bad_b64).read(), None)
+
+
+# ---------------------------------------------------------------- against a real server
+
+
+@pytest.fixture(scope="module")
+def oip_server(trained_model, tmp_path_factory):
+    tag, _ = trained_model
+    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="torch", IMGCLF_MAX_LATENCY_MS="300",
+               IMGCLF_GRPC_MAX_MESSAGE_BYTES=str(256 * 1024),
+               IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path_factory.mktemp('oip') / 'registry.db'}")  # fmt: skip
+    srv = Server(env, tmp_path_factory.mktemp("oip-server") / "serve.log").start()
+    yield srv, tag
+    srv.stop()
+
+
+def images() -> list[bytes]:
+    return [encode(colour_image(rgb, 40, seed=70 + i), "JPEG" if i % 2 else "PNG") for i, rgb in
+            enumerate(COLOURS.values())]  # fmt: skip
+
+
+def classify_http(base: str, data: bytes) -> list[dict]:
+    return httpx.post(base + "/classify", files={"image": ("x", data)}, params={"top_k": 3}).json()["predictions"]
+
+
+def bytes_input(module, data: list[bytes]):
+    inp = module.InferInput("image", [len(data)], "BYTES")
+    inp.set_data_from_numpy(np.array(data, dtype=object))
+    return inp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_health_and_metadata(oip_server, transport):
+    srv, tag = oip_server
+    name, version = tag.split(":")
+    module, url = (tgrpc, f"127.0.0.1:{srv.grpc_port}") if transport == "grpc" else (thttp, f"127.0.0.1:{srv.port}")
+    client = module.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(name) and client.is_model_ready(name, version)
+    assert not client.is_model_ready("no-such-model")
+    meta = client.get_model_metadata(name, as_json=True) if transport == "grpc" else client.get_model_metadata(name)
+    assert meta["versions"] == [version]
+    assert [i["name"] for i in meta["inputs"]] == ["image", "input"]
+    assert meta["outputs"][0]["shape"] == ["-1", "3"] if transport == "grpc" else [-1, 3]
+    if transport == "http":
+        assert meta["parameters"]["classes"] == ["blue", "green", "red"]
+    else:  # gRPC metadata has no free-form fields: the classes ride in the model configuration
+        config = client.get_model_config(name, as_json=True)["config"]
+        assert config["parameters"]["classes"]["string_value"] == '["blue", "green", "red"]'
+        assert client.get_server_metadata(as_json=True)["extensions"][0] == "classification"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_infer_matches_http_classify(oip_server, transport, trained_model):
+    srv, tag = oip_server
+    name = tag.split(":")[0]
+    module, url = (tgrpc, f"127.0.0.1:{srv.grpc_port}") if transport == "grpc" else (thttp, f"127.0.0.1:{srv.port}")
+    client = module.InferenceServerClient(url)
+    data = images()
+    expected = [classify_http(srv.base, d) for d in data]
+
+    probs = client.infer(name, [bytes_input(module, data)]).as_numpy("probabilities")
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    for row, preds in zip(probs, expected, strict=True):
+        assert [int(i) for i in np.argsort(-row)] == [p["index"] for p in preds]
+        assert np.allclose(sorted(row, reverse=True), [p["score"] for p in preds], atol=1e-5)
+
+    wanted = [module.InferRequestedOutput("probabilities", class_count=2)]
+    top = client.infer(name, [bytes_input(module, data)], outputs=wanted).as_numpy("probabilities")
+    assert top.shape == (3, 2)
+    for row, preds in zip(top, expected, strict=True):
+        score, index, label = row[0].decode().split(":")
+        assert (int(index), label) == (preds[0]["index"], preds[0]["label"])
+        assert abs(float(score) - preds[0]["score"]) < 1e-5
+
+    # already preprocessed: the same transform the service uses, FP32 [N, C, H, W]
+    stored = load_model(tag)
+    transform = EvalPreprocessor(stored.preprocessing)
+    x = np.stack([transform(decode_image(d, stored.preprocessing.channels)) for d in data]).astype(np.float32)
+    inp = module.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    assert np.allclose(client.infer(name, [inp]).as_numpy("probabilities"), probs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_grpc_errors_map_to_status_codes(oip_server):
+    srv, tag = oip_server
+    name = tag.split(":")[0]
+    client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+
+    def code_of(inputs, model=name) -> str:
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(model, inputs)
+        return err.value.status(), err.value.message()
+
+    status, message = code_of([bytes_input(tgrpc, [b"not an image"])])
+    assert status == "StatusCode.INVALID_ARGUMENT" and "image[0]" in message and "accepted formats" in message
+    wrong = tgrpc.InferInput("input", [1, 3, 8, 8], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 8, 8), np.float32))
+    status, message = code_of([wrong])
+    assert status == "StatusCode.INVALID_ARGUMENT" and "[N, 3, 32, 32]" in message
+    status, message = code_of([bytes_input(tgrpc, images()[:1])], model="other")
+    assert status == "StatusCode.INVALID_ARGUMENT" and "unknown model" in message
+    big = bytes_input(tgrpc, [b"\x00" * (300 * 1024)])
+    assert code_of([big])[0] == "StatusCode.RESOURCE_EXHAUSTED"
+    assert httpx.get(srv.base + "/readyz").status_code == 200  # still serving
+
+    with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:  # the Kubernetes gRPC probe
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    metrics = httpx.get(srv.base + "/metrics").text
+    assert 'imgclf_grpc_requests_total{code="INVALID_ARGUMENT",method="ModelInfer"}' in metrics
+    assert "imgclf_grpc_request_seconds_bucket" in metrics
+
+
+@pytest.mark.slow
+def test_http_v2_errors_and_json_infer(oip_server):
+    srv, tag = oip_server
+    name = tag.split(":")[0]
+    import base64
+
+    doc = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                       "data": [base64.b64encode(images()[0]).decode()]}]}  # fmt: skip
+    r = httpx.post(f"{srv.base}/v2/models/{name}/infer", json=doc)
+    assert r.status_code == 200 and HEADER not in r.headers
+    assert len(r.json()["outputs"][0]["data"]) == 3
+    r = httpx.post(f"{srv.base}/v2/models/other/infer", json=doc)
+    assert r.status_code == 400 and "unknown model" in r.json()["error"]
+    assert httpx.get(f"{srv.base}/v2/models/other/ready").status_code == 503
+
+
+@pytest.mark.slow
+def test_grpc_and_http_requests_share_batches(oip_server):
+    """With a 300 ms window, one gRPC and one HTTP image sent together go through one inference batch."""
+    srv, tag = oip_server
+    name = tag.split(":")[0]
+
+    def batches() -> float:
+        text = httpx.get(srv.base + "/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("imgclf_inference_batch_size_count"))  # fmt: skip
+
+    grpc_client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+
+    def both() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            sent = [pool.submit(grpc_client.infer, name, [bytes_input(tgrpc, images()[:1])]),
+                    pool.submit(httpx.post, srv.base + "/classify", files={"image": ("x", images()[1])})]  # fmt: skip
+            assert sent[1].result().status_code == 200 and sent[0].result().as_numpy("probabilities").shape == (1, 3)
+
+    both()  # warm both paths up
+    before = batches()
+    both()
+    assert batches() - before == 1
+
+
+@pytest.mark.slow
+def test_locust_grpc_user_runs_clean(oip_server, tmp_path):
+    """The load test's gRPC user against the real server: a few seconds, no failures."""
+    import csv
+    import subprocess
+    import sys
+
+    from server import ROOT
+
+    srv, _ = oip_server
+    locustfile = str(ROOT / "loadtests" / "locustfile.py")
+    cmd = [sys.executable, "-m", "locust", "-f", locustfile, "OipGrpcUser", "--host", srv.base, "--headless",
+           "-u", "4", "-r", "4", "-t", "4s", "--csv", str(tmp_path / "run")]  # fmt: skip
+    env = dict(srv.env, GRPC_TARGET=f"127.0.0.1:{srv.grpc_port}")
+    subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    with open(tmp_path / "run_stats.csv") as fh:
+        total = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
+    assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0, total
