@@ -48,6 +48,9 @@ FEEDBACK = Counter("imgclf_feedback_samples_total", "Feedback images collected (
 GRPC_REQUESTS = Counter("imgclf_grpc_requests_total", "gRPC calls, by method and status code.", ["method", "code"])
 GRPC_SECONDS = Histogram("imgclf_grpc_request_seconds", "gRPC call latency, by method.", ["method"],
                          buckets=LATENCY_BUCKETS)  # fmt: skip
+PROCESS_CPU = Counter("imgclf_process_cpu_seconds_total", "CPU time of the worker processes (user + system).")
+PROCESS_RSS = Gauge("imgclf_process_resident_memory_bytes", "Resident memory of each worker process.",
+                    multiprocess_mode="liveall")  # fmt: skip
 
 
 def observe_batch(size: int, queue_seconds: float, infer_seconds: float) -> None:
@@ -100,3 +103,21 @@ def observe_job(job: dict) -> None:
         PROMOTIONS.labels("promoted" if decision.get("promoted") else "refused" if not decision.get("promote")
                           else "passed").inc()  # fmt: skip
         CHALLENGER_ACCURACY.labels(job["model_name"]).set(decision["challenger"]["accuracy"])
+
+
+_cpu_seen = [0.0]
+
+
+def observe_process() -> None:
+    """This worker's CPU seconds and resident memory (BentoML's multiprocess /metrics has no process series)."""
+    import os
+    import time
+
+    cpu = time.process_time()
+    PROCESS_CPU.inc(max(0.0, cpu - _cpu_seen[0]))
+    _cpu_seen[0] = cpu
+    try:
+        with open("/proc/self/statm") as fh:
+            PROCESS_RSS.set(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except OSError:
+        pass

@@ -132,6 +132,19 @@ def judge(registry: Registry, settings: Settings, model_name: str, challenger: s
 
 
 # ---------------------------------------------------------------- the job process
+def job_train_config(job: dict[str, Any], settings: Settings) -> TrainConfig:
+    output_dir = str(settings.jobs_dir / job["id"])
+    return TrainConfig.model_validate(job["config"]).model_copy(update={"output_dir": output_dir})
+
+
+def run_helper_rank(job_id: str, registry: Registry, settings: Settings) -> str:
+    """A torchrun rank other than 0: train alongside rank 0, which alone records progress and decides."""
+    from training import train
+
+    train(job_train_config(registry.job(job_id), settings))
+    return "succeeded"
+
+
 def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
     """Run one queued job to its end; returns the final status. Never raises for a training failure."""
     from training import train  # heavy: only in the job process
@@ -140,7 +153,7 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
         log.warning("job %s is no longer queued; nothing to do", job_id)
         return registry.job(job_id)["status"]
     job = registry.job(job_id)
-    cfg = TrainConfig.model_validate(job["config"]).model_copy(update={"output_dir": str(settings.jobs_dir / job_id)})
+    cfg = job_train_config(job, settings)
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise JobCancelled(f"stopped by signal {signal.Signals(signum).name}")
@@ -183,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(settings.retrain_threads)
-    status = run_job(argv[0], Registry(settings.database_url), settings)
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun when a Job trains on several GPUs
+    run = run_job if rank == 0 else run_helper_rank
+    status = run(argv[0], Registry(settings.database_url), settings)
     return 0 if status in ("succeeded", "cancelled") else 1
 
 

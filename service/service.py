@@ -13,6 +13,7 @@ configure_environment()
 
 import bentoml  # noqa: E402
 
+from . import metrics  # noqa: E402
 from .app import create_app  # noqa: E402
 from .grpc_server import GrpcServer  # noqa: E402
 from .operations import Operations  # noqa: E402
@@ -55,7 +56,7 @@ class ImageClassifier:
         self.state = ServingState(settings, registry)
         self.ops = Operations(settings, registry, self.state)
         self.state.load()
-        self.state.tasks.append(self.ops.tick)
+        self.state.tasks += [self.ops.tick, metrics.observe_process]
         self.state.start_watching()
         self.grpc = GrpcServer(self.state, settings) if settings.grpc_port else None
 
