@@ -31,13 +31,14 @@ wrk:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || \
 		echo "wrk missing: sudo apt-get install wrk (the benchmark falls back to a Python client)"
 
-# Debian packages the project needs: Fashion-MNIST, PostgreSQL (registry tests), Prometheus and kubectl (k8s checks).
+# Debian packages the project needs: Fashion-MNIST, PostgreSQL (registry tests), Prometheus and kubectl (k8s checks), Chromium (browser tests).
 fashion-mnist system-deps:
 	@missing=""; \
 	[ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

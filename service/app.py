@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from training import store
 
 from . import metrics
-from .errors import Overloaded, PayloadTooLarge, ServiceError
+from .errors import NotFound, Overloaded, PayloadTooLarge, ServiceError
 from .parsing import b64decode, many_images, single_image
 from .schemas import (
     BatchItem,
@@ -30,6 +34,13 @@ ERROR_RESPONSES = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENT
                                   HTTPStatus.UNSUPPORTED_MEDIA_TYPE, HTTPStatus.TOO_MANY_REQUESTS,
                                   HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
 _BINARY = {"type": "string", "format": "binary"}
+REPORT_PICTURES = ("curves.png", "confusion_matrix.png", "samples.png")
+
+
+def report_dir(clf) -> Path:
+    return clf.stored.path / store.REPORT_DIR
+
+
 _TOP_K = Query(None, ge=1, le=1000, description="How many classes to return (default 5, capped at the class count).")
 
 
@@ -115,7 +126,26 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
         meta = clf.stored.metadata
         return ModelInfo(tag=clf.tag, architecture=meta["architecture"], classes=clf.classes,
                          preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
-                         created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid())  # fmt: skip
+                         created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid(),
+                         dataset_fingerprint=meta.get("dataset_fingerprint"),
+                         report_pictures=[p for p in REPORT_PICTURES if (report_dir(clf) / p).is_file()])  # fmt: skip
+
+    @app.get("/model/report/{picture}", responses=error_responses(HTTPStatus.NOT_FOUND),
+             response_class=FileResponse, summary="A picture of the served model's evaluation report")  # fmt: skip
+    async def model_report(picture: str) -> FileResponse:
+        clf = get_state().require()
+        path = report_dir(clf) / picture
+        if picture not in REPORT_PICTURES or not path.is_file():
+            raise NotFound(f"no report picture {picture!r}; available: {', '.join(REPORT_PICTURES)}")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    ui = Path(__file__).with_name("ui")
+    app.mount("/ui/static", StaticFiles(directory=ui), name="ui-static")
+
+    @app.get("/ui", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        """The web page: try the classifier, read the model card, run retraining (assets shipped, no CDN)."""
+        return FileResponse(ui / "index.html", media_type="text/html")
 
     from .oip_http import create_oip_router
 

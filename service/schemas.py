@@ -46,6 +46,8 @@ class ModelInfo(BaseModel):
     created: str
     runtime: dict[str, Any] = Field(..., description="Runtime in use, with its measured agreement with fp32.")
     worker_pid: int = Field(..., description="The server worker process that answered (each serves one version).")
+    dataset_fingerprint: str | None = Field(None, description="SHA-256 of the training data's file list and labels.")
+    report_pictures: list[str] = Field(default_factory=list, description="Pictures at GET /model/report/{name}.")
 
 
 class ErrorResponse(BaseModel):

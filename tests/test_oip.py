@@ -67,7 +67,8 @@ def test_http_request_parsing_json_and_binary():
 @pytest.fixture(scope="module")
 def oip_server(trained_model, tmp_path_factory):
     tag, _ = trained_model
-    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="torch", IMGCLF_MAX_LATENCY_MS="300",
+    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_MODEL_TAG=tag,
+               IMGCLF_RUNTIME="torch", IMGCLF_MAX_LATENCY_MS="300",
                IMGCLF_GRPC_MAX_MESSAGE_BYTES=str(256 * 1024),
                IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path_factory.mktemp('oip') / 'registry.db'}")  # fmt: skip
     srv = Server(env, tmp_path_factory.mktemp("oip-server") / "serve.log").start()

@@ -158,3 +158,16 @@ def test_openapi_documents_the_endpoints(client):
     spec = client.get("/openapi.json").json()
     assert {"/classify", "/classify_batch", "/classify_json", "/model"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/classify"]["post"]["requestBody"]["content"]
+
+
+def test_web_page_script_parses():
+    """The page's script is plain JavaScript; a syntax error would leave the page blank."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; the browser test (tests/test_ui.py) covers the page")
+    script = Path(__file__).resolve().parents[1] / "service" / "ui" / "app.js"
+    subprocess.run([node, "--check", str(script)], check=True, capture_output=True)

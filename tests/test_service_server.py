@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(trained_model, tmp_path_factory):
     tag, _ = trained_model
-    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="auto", IMGCLF_MAX_LATENCY_MS="50",
+    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_MODEL_TAG=tag,
+               IMGCLF_RUNTIME="auto", IMGCLF_MAX_LATENCY_MS="50",
                IMGCLF_MAX_BATCH_SIZE="16", IMGCLF_AGREEMENT_SAMPLES="50",
                IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}")  # fmt: skip
     srv = Server(env, tmp_path_factory.mktemp("server") / "serve.log").start()
