@@ -12,7 +12,7 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean
+.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean loadtest sweep soak model
 
 setup: $(STAMP) system-deps
 
@@ -93,6 +93,24 @@ bench-serve: setup import-weights wrk
 	$(PY) benchmarks/bench_serve.py --model $(MODEL) --model imagenet-lite0
 
 bench: bench-serve
+
+# The default model, trained once (what make run does before serving).
+model: setup
+	@$(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('$(MODEL)') else 1)" || \
+		$(PY) -m training train --config $(CONFIG)
+
+# Load tests (loadtests/): Locust against a service they start and stop themselves.
+LOAD_SECONDS ?= 60
+LOAD_USERS ?= 16
+loadtest: model
+	$(PY) loadtests/run.py --model $(MODEL) --users $(LOAD_USERS) --seconds $(LOAD_SECONDS)
+
+sweep: model
+	$(PY) loadtests/sweep.py --model $(MODEL)
+
+SOAK_MINUTES ?= 10
+soak: model
+	$(PY) loadtests/soak.py --model $(MODEL) --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

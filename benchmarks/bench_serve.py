@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = ROOT / "loadtests" / "wrk_classify.lua"
 sys.path.insert(0, str(ROOT))
 
+from loadtests.server import Server  # noqa: E402
 from service.inference import load_classifier  # noqa: E402
 from service.serving import resolve_tag  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -53,7 +53,7 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
 
 
 def in_process(model: str, runtime: str, images: list[bytes], batch: int, seconds: float) -> float:
-    clf = load_classifier(resolve_tag(Settings(model_name=model)), Settings(model_name=model, runtime=runtime,
+    clf = load_classifier(resolve_tag(Settings(model_name=model), None), Settings(model_name=model, runtime=runtime,
                                                                              max_batch_size=batch))  # fmt: skip
     pool = ThreadPoolExecutor(2)
     n, start = 0, time.perf_counter()
@@ -64,29 +64,10 @@ def in_process(model: str, runtime: str, images: list[bytes], batch: int, second
     return n / (time.perf_counter() - start)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, runtime: str, batch: int, latency_ms: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, IMGCLF_MODEL_NAME=model, IMGCLF_RUNTIME=runtime, IMGCLF_MAX_BATCH_SIZE=str(batch),
-               IMGCLF_MAX_LATENCY_MS=str(latency_ms), BENTOML_DO_NOT_TRACK="True")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server for {model} ({runtime}) did not become ready")
+def start_server(model: str, runtime: str, batch: int, latency_ms: float, log: Path) -> Server:
+    env = dict(IMGCLF_MODEL_NAME=model, IMGCLF_RUNTIME=runtime, IMGCLF_MAX_BATCH_SIZE=str(batch),
+               IMGCLF_MAX_LATENCY_MS=str(latency_ms), IMGCLF_ACCESS_LOG="false")  # fmt: skip
+    return Server(env, log).start(timeout=300)
 
 
 def drive_wrk(base: str, image: bytes, concurrency: int, seconds: float) -> dict:
@@ -147,7 +128,7 @@ def main() -> None:
     args = p.parse_args()
     for model in args.model or ["fashion-cnn"]:
         settings = Settings(model_name=model, runtime="auto", max_batch_size=args.batch)
-        clf = load_classifier(resolve_tag(settings), settings)
+        clf = load_classifier(resolve_tag(settings, None), settings)
         best = clf.runtime.name
         pp = clf.stored.preprocessing
         images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)
@@ -160,7 +141,8 @@ def main() -> None:
         print(f"in-process ceiling ({best}): {ceiling:8.1f} img/s   eager torch: {eager_ceiling:8.1f} img/s")
         rows = {}
         for runtime in (best, "torch"):
-            proc, base = start_server(model, runtime, args.batch, args.latency_ms)
+            server = start_server(model, runtime, args.batch, args.latency_ms, Path(tempfile.mkdtemp()) / "serve.log")
+            base = server.base
             try:
                 for c in args.concurrency:
                     if shutil.which("wrk"):
@@ -168,8 +150,7 @@ def main() -> None:
                     else:
                         rows[(runtime, c)] = asyncio.run(drive(base, images, c, args.seconds))
             finally:
-                proc.terminate()
-                proc.wait(30)
+                server.stop()
         print(f"{'runtime':<14} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
         for (runtime, c), r in rows.items():
             print(f"{runtime:<14} {c:>4} {r['img_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from server import free_port
+
+from loadtests.server import free_port
 
 
 @contextmanager

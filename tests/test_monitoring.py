@@ -15,7 +15,6 @@ import pytest
 import tritonclient.grpc as tgrpc
 from conftest import colour_image, encode
 from prometheus_server import prometheus_server
-from server import Server
 
 from loadtests.dashboard import (
     ALERTS,
@@ -26,6 +25,7 @@ from loadtests.dashboard import (
     panel_queries,
     render,
 )
+from loadtests.server import Server
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer monitoring"}

@@ -13,9 +13,9 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from conftest import COLOURS, colour_image, encode
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server import Server
 from tritonclient.utils import InferenceServerException
 
+from loadtests.server import Server
 from service import oip
 from service.errors import InvalidInput
 from service.oip_http import HEADER, parse_request

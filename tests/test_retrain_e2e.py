@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import make_folder_dataset
-from server import Server, served_models
 
+from loadtests.server import Server, served_models
 from training import load_config, train
 
 pytestmark = pytest.mark.slow

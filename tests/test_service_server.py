@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import COLOURS, colour_image, encode
-from server import ROOT, Server
 
+from loadtests.server import ROOT, Server
 from training import load_model
 from training.data import KeyLoader
 

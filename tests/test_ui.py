@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import colour_image, encode, make_folder_dataset
-from server import Server
 
+from loadtests.server import Server
 from training import load_config, train
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Start and stop a real `bentoml serve` subprocess on a free local port (integration tests)."""
+"""Start and stop a real `bentoml serve` subprocess on free local ports (tests, benchmarks, load tests)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """The server's process tree below the supervisor (BentoML workers)."""
+        if self.proc is None:
+            return []
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split() if int(p) != self.proc.pid]
 
     def stop(self) -> None:
         if self.proc is None:
