@@ -31,7 +31,7 @@ wrk:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || \
 		echo "wrk missing: sudo apt-get install wrk (the benchmark falls back to a Python client)"
 
-# Debian packages the project needs: Fashion-MNIST, PostgreSQL (registry tests), Prometheus and kubectl (k8s checks), Chromium (browser tests).
+# Debian packages the project needs: Fashion-MNIST, PostgreSQL (registry tests), Prometheus and kubectl (k8s checks), Chromium (browser tests), strace (no-outbound-network test).
 fashion-mnist system-deps:
 	@missing=""; \
 	[ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
@@ -39,6 +39,7 @@ fashion-mnist system-deps:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -115,8 +115,11 @@ class OipGrpcUser(User):
     wait_time = between(0.0, 0.02)
 
     def on_start(self) -> None:
+        import grpc.experimental.gevent as grpc_gevent
         import httpx
         import tritonclient.grpc as tgrpc
+
+        grpc_gevent.init_gevent()  # grpc's blocking calls must yield to Locust's gevent loop (idempotent)
 
         self.tgrpc = tgrpc
         target = os.environ.get("GRPC_TARGET") or f"{urlparse(self.host).hostname}:8001"

@@ -53,11 +53,12 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
-        """The server's process tree below the supervisor (BentoML workers)."""
+        """The server's worker processes: children of the supervisor (each runs in a session of its own)."""
         if self.proc is None:
             return []
-        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split() if int(p) != self.proc.pid]
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split() if int(p) != self.proc.pid]
+        return [p for p in pids if b"_bentoml_impl.worker" in _cmdline(p)]
 
     def stop(self) -> None:
         if self.proc is None:
@@ -79,3 +80,10 @@ def served_models(metrics_text: str) -> dict[str, str]:
         if float(m.group(2)) == 1.0:
             out[labels["pid"]] = labels["model"]
     return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from training import store
 
@@ -74,6 +75,13 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
             headers["WWW-Authenticate"] = "Bearer"
         body = {"error": exc.message, "reason": exc.reason, **exc.details}
         return JSONResponse(body, status_code=int(exc.status), headers=headers or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Framework errors (a body that is not JSON, an unknown route) in the documented error shape."""
+        reason = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": str(exc.detail), "reason": reason}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))  # fmt: skip
 
     in_flight = {"n": 0}
 

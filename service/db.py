@@ -106,21 +106,25 @@ def default_url() -> str:
     return f"sqlite:///{home / 'registry.db'}"
 
 
-def create_db_engine(url: str | None = None) -> Engine:
-    """An engine for ``url`` (default: SQLite in the store folder), its schema migrated."""
+def create_db_engine(url: str | None = None, timeout: float = 5.0) -> Engine:
+    """An engine for ``url`` (default: SQLite in the store folder), its schema migrated.
+
+    ``timeout``: how long to wait for a lock (SQLite) or a connection (PostgreSQL) before giving up.
+    """
     url = url or default_url()
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-        _sqlite_pragmas(engine)
+        engine = sa.create_engine(url, connect_args={"timeout": timeout})
+        _sqlite_pragmas(engine, timeout)
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                                  connect_args={"connect_timeout": max(1, int(timeout))})  # fmt: skip
     migrate(engine)
     return engine
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, timeout: float) -> None:
     """WAL (readers never block), a busy timeout, and BEGIN IMMEDIATE so writers queue up front."""
 
     @sa.event.listens_for(engine, "connect")
@@ -128,7 +132,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

@@ -78,6 +78,13 @@ class JobConflict(Conflict):
         return {"job_id": self.job_id}
 
 
+class RegistryUnavailable(ServiceError):
+    """The registry database cannot be reached, or stays locked; serving goes on with the current model."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    reason = "registry_unavailable"
+
+
 class NotReady(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     reason = "not_ready"

@@ -49,10 +49,13 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
     @router.get("/models/{name}/ready", summary="Model ready")
     @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
     async def model_ready(name: str, version: str = "") -> Response:
+        """200 when served and ready; 503 while loading; 400 for a model or version this server does not serve."""
         try:
             oip.check_model(get_state(), name, version)
-        except (InvalidInput, NotReady):
+        except NotReady:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
+        except InvalidInput as exc:
+            return JSONResponse({"error": exc.message, "reason": exc.reason}, status_code=400)
         return JSONResponse({"name": name, "ready": True})
 
     @router.post("/models/{name}/infer", summary="Inference (JSON, or JSON + binary tensors)")

@@ -7,14 +7,21 @@ service workers (any number, any replica) and the training job processes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
-from .errors import Conflict, JobConflict, NotFound
+from .errors import Conflict, JobConflict, NotFound, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+RETRIES = 3
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -33,9 +40,32 @@ def _plain(row: Any) -> dict[str, Any]:
     return out
 
 
+def retrying(fn: Callable) -> Callable:
+    """Retry a registry call when the database is unreachable or locked; then :class:`RegistryUnavailable`.
+
+    Each call is one transaction (or none), so a failed attempt left nothing behind and may be repeated.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(RETRIES):
+            try:
+                return fn(*args, **kwargs)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                if attempt == RETRIES - 1:
+                    reason = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0]
+                    raise RegistryUnavailable(f"the registry database is unavailable ({reason}); serving goes on "
+                                              "with the current model: retry shortly") from exc  # fmt: skip
+                log.warning("registry %s failed (%s); retrying", fn.__name__, type(exc).__name__)
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 class Registry:
-    def __init__(self, engine: Engine | str | None = None):
-        self.engine = engine if isinstance(engine, Engine) else db.create_db_engine(engine)
+    def __init__(self, engine: Engine | str | None = None, timeout: float = 5.0):
+        self.engine = engine if isinstance(engine, Engine) else db.create_db_engine(engine, timeout)
 
     # ------------------------------------------------------------ champion
     def champion(self, model_name: str) -> str | None:
@@ -238,3 +268,9 @@ class Registry:
             rows = conn.execute(sa.select(t.c.label, sa.func.count()).where(t.c.model_name == model_name)
                                 .group_by(t.c.label))  # fmt: skip
             return {label: int(n) for label, n in rows}
+
+
+# Every public registry call retries when the database is unreachable or locked (see ``retrying``).
+for _name, _fn in list(vars(Registry).items()):
+    if callable(_fn) and not _name.startswith("_"):
+        setattr(Registry, _name, retrying(_fn))

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(settings.retrain_threads)
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun when a Job trains on several GPUs
     run = run_job if rank == 0 else run_helper_rank
-    status = run(argv[0], Registry(settings.database_url), settings)
+    status = run(argv[0], Registry(settings.database_url, settings.database_timeout_seconds), settings)
     return 0 if status in ("succeeded", "cancelled") else 1
 
 

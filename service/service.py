@@ -52,7 +52,7 @@ class ImageClassifier:
     """
 
     def __init__(self) -> None:
-        registry = Registry(settings.database_url)
+        registry = Registry(settings.database_url, settings.database_timeout_seconds)
         self.state = ServingState(settings, registry)
         self.ops = Operations(settings, registry, self.state)
         self.state.load()

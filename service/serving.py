@@ -36,16 +36,31 @@ def newest_tag(model_name: str) -> str:
     return str(versions[0].tag)
 
 
-def resolve_tag(settings: Settings, registry: Registry | None) -> str:
-    """The version to serve: the pinned tag, else the registry's champion (the newest version
-    becomes champion when there is none yet), else, without a registry, the newest version."""
+def candidate_tags(settings: Settings, registry: Registry | None) -> list[str]:
+    """Versions to try at start-up, best first: the pinned tag; else the champion, then the earlier
+    champions; else (no champion yet, or no registry) every stored version, newest first."""
     if settings.model_tag:
-        return settings.model_tag
-    if registry is None:
-        return newest_tag(settings.model_name)
-    return registry.champion(settings.model_name) or registry.ensure_champion(
-        settings.model_name, newest_tag(settings.model_name)
-    )
+        return [settings.model_tag]
+    if registry is not None:
+        champions = registry.champion_tags(settings.model_name)
+        if champions:
+            return champions[::-1]
+    tags = [str(v.tag) for v in store.list_versions(settings.model_name)]
+    if not tags:
+        raise store.StoreError(
+            f"no version of {settings.model_name!r} in the model store; train one first "
+            f"(python -m training train --name {settings.model_name}) or set IMGCLF_MODEL_NAME"
+        )
+    return tags
+
+
+def resolve_tag(settings: Settings, registry: Registry | None) -> str:
+    """The version to serve: the pinned tag, else the registry's champion (the newest version becomes
+    champion when there is none yet), else, without a registry, the newest version."""
+    first = candidate_tags(settings, registry)[0]
+    if registry is None or settings.model_tag:
+        return first
+    return registry.ensure_champion(settings.model_name, first)
 
 
 @dataclass
@@ -91,7 +106,24 @@ class ServingState:
         self.tasks: list[Callable[[], object]] = []  # run on every poll (job sweeps, metrics)
 
     def load(self) -> None:
-        self._swap(self._build(resolve_tag(self.settings, self.registry)))
+        """Serve the first candidate that loads (a damaged version must not keep the service down)."""
+        candidates = candidate_tags(self.settings, self.registry)
+        for tag in candidates:
+            try:
+                served = self._build(tag)
+            except store.StoreError as exc:
+                log.error("cannot serve %s: %s", tag, exc)
+                self._failed = tag
+                metrics.RELOADS.labels("failed").inc()
+                continue
+            if self.registry is not None and not self.settings.model_tag:
+                self.registry.ensure_champion(self.settings.model_name, tag)  # only when there is none yet
+            if tag != candidates[0]:
+                log.error("serving %s because %s does not load; roll back or promote a working version", tag,
+                          candidates[0])  # fmt: skip
+            self._swap(served)
+            return
+        raise store.StoreError(f"none of {', '.join(candidates)} can be loaded; see the errors above")
 
     def _build(self, tag: str) -> Served:
         clf = load_classifier(tag, self.settings)

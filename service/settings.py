@@ -49,6 +49,7 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("IMGCLF_DATABASE_URL", "DATABASE_URL"),
         description="Registry database (postgresql://...). Default: SQLite in the model store folder.",
     )  # fmt: skip
+    database_timeout_seconds: float = Field(5.0, gt=0, le=120, description="Wait for a lock or connection.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for the admin endpoints.")
     admin_token_file: Path | None = Field(None, description="File holding the admin token (a mounted Secret).")
     dev_mode: bool = Field(False, description="Admin endpoints open without a token (local development only).")

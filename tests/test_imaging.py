@@ -99,3 +99,19 @@ def test_draft_decoding_keeps_at_least_the_requested_size():
     big = encode(Image.new("RGB", (1600, 1200), (10, 200, 10)), "JPEG")
     img = decode_image(big, draft_size=256)
     assert min(img.size) >= 256 and img.size[0] < 1600
+
+
+@pytest.mark.slow
+def test_fuzz_decode_briefly(tmp_path):
+    """A short Atheris run of the decode-and-validate function (CI); longer runs: tests/fuzz_decode.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("fuzz_decode.py")
+    cmd = [sys.executable, str(script), "-max_total_time=20", "-rss_limit_mb=4096",
+           f"-artifact_prefix={tmp_path}/crash-", str(tmp_path / "corpus")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=script.parents[1])
+    tail = done.stderr[-3000:]
+    assert done.returncode == 0, tail
+    assert "Done" in tail and not list(tmp_path.glob("crash-*")), tail

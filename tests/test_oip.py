@@ -193,7 +193,7 @@ def test_http_v2_errors_and_json_infer(oip_server):
     assert len(r.json()["outputs"][0]["data"]) == 3
     r = httpx.post(f"{srv.base}/v2/models/other/infer", json=doc)
     assert r.status_code == 400 and "unknown model" in r.json()["error"]
-    assert httpx.get(f"{srv.base}/v2/models/other/ready").status_code == 503
+    assert httpx.get(f"{srv.base}/v2/models/other/ready").status_code == 400
 
 
 @pytest.mark.slow
