@@ -12,7 +12,7 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean loadtest sweep soak model
+.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean loadtest sweep soak model perf-report
 
 setup: $(STAMP) system-deps
 
@@ -108,6 +108,9 @@ loadtest: model
 
 sweep: model
 	$(PY) loadtests/sweep.py --model $(MODEL)
+
+perf-report: model
+	$(PY) loadtests/perf_report.py --model $(MODEL)
 
 SOAK_MINUTES ?= 10
 soak: model

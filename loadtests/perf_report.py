@@ -66,7 +66,11 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "perf.json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
+    p.add_argument("--plots-only", action="store_true", help="redraw the plots from --out without measuring")
     args = p.parse_args()
+    if args.plots_only:
+        plots(json.loads(args.out.read_text()), args.docs)
+        return
 
     from benchmarks.bench_serve import in_process, sample_images
     from service.inference import load_classifier
@@ -142,12 +146,13 @@ def plots(report: dict, docs: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    parts = ["decode + preprocess", "batch queue", "inference (its batch)", "HTTP, parsing, framework"]
+    parts = {"decode + preprocess": "tab:blue", "batch queue": "tab:orange", "inference (its batch)": "tab:green",
+             "HTTP, parsing, framework": "tab:red"}  # fmt: skip
     for i, entry in enumerate(runtimes.values()):
         left = 0.0
-        for part in parts:
+        for part, colour in parts.items():
             value = entry["breakdown"][part]
-            ax.barh(i, value, left=left, label=part if i == 0 else None)
+            ax.barh(i, value, left=left, color=colour, label=part if i == 0 else None)
             left += value
     ax.set_yticks(range(len(runtimes)), list(runtimes))
     ax.set(title="Where a /classify request's time goes (mean ms, highest concurrency)", xlabel="ms")
