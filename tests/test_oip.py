@@ -228,7 +228,7 @@ def test_locust_grpc_user_runs_clean(oip_server, tmp_path):
     import subprocess
     import sys
 
-    from server import ROOT
+    from loadtests.server import ROOT
 
     srv, _ = oip_server
     locustfile = str(ROOT / "loadtests" / "locustfile.py")
