@@ -53,7 +53,7 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
 
 
 def in_process(model: str, runtime: str, images: list[bytes], batch: int, seconds: float) -> float:
-    clf = load_classifier(resolve_tag(Settings(model_name=model), None), Settings(model_name=model, runtime=runtime,
+    clf = load_classifier(resolve_tag(Settings(model_name=model)), Settings(model_name=model, runtime=runtime,
                                                                              max_batch_size=batch))  # fmt: skip
     pool = ThreadPoolExecutor(2)
     n, start = 0, time.perf_counter()
@@ -128,7 +128,7 @@ def main() -> None:
     args = p.parse_args()
     for model in args.model or ["fashion-cnn"]:
         settings = Settings(model_name=model, runtime="auto", max_batch_size=args.batch)
-        clf = load_classifier(resolve_tag(settings, None), settings)
+        clf = load_classifier(resolve_tag(settings), settings)
         best = clf.runtime.name
         pp = clf.stored.preprocessing
         images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)

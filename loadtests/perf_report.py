@@ -78,7 +78,7 @@ def main() -> None:
     from service.settings import Settings
 
     settings = Settings(model_name=args.model, runtime="auto", max_batch_size=args.batch)
-    clf = load_classifier(resolve_tag(settings, None), settings)
+    clf = load_classifier(resolve_tag(settings), settings)
     best, pp = clf.runtime.name, clf.stored.preprocessing
     images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)
     report: dict = {"model": clf.tag, "architecture": clf.stored.metadata["architecture"], "input": pp.input_size,

@@ -66,28 +66,29 @@ def observe_prediction(model: str, label: str, score: float, low_threshold: floa
         LOW_CONFIDENCE.labels(model).inc()
 
 
-_served: list[tuple[str, str]] = []
+_current: dict[Gauge, tuple[str, ...]] = {}
+
+
+def _mark_current(gauge: Gauge, *labels: str) -> None:
+    """Exactly one of ``gauge``'s label sets at 1; the previous one drops to 0 (multiprocess files cannot
+    forget a series, so removing it would leave its last value behind)."""
+    previous = _current.get(gauge)
+    if previous == labels:
+        return
+    if previous is not None:
+        gauge.labels(*previous).set(0)
+    gauge.labels(*labels).set(1)
+    _current[gauge] = labels
 
 
 def set_model_info(model: str, runtime: str, load_seconds: float) -> None:
-    """Mark what this worker serves. The last version drops to 0 (multiprocess files cannot forget series)."""
-    while _served:
-        MODEL_INFO.labels(*_served.pop()).set(0)
-    MODEL_INFO.labels(model, runtime).set(1)
-    _served.append((model, runtime))
+    """Mark what this worker serves."""
+    _mark_current(MODEL_INFO, model, runtime)
     MODEL_LOAD_SECONDS.set(load_seconds)
 
 
-_champion: list[tuple[str, str]] = []
-
-
 def set_champion(model: str, tag: str) -> None:
-    if _champion == [(model, tag)]:
-        return
-    while _champion:
-        CHAMPION_INFO.labels(*_champion.pop()).set(0)
-    CHAMPION_INFO.labels(model, tag).set(1)
-    _champion.append((model, tag))
+    _mark_current(CHAMPION_INFO, model, tag)
 
 
 def observe_job(job: dict) -> None:

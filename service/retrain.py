@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from training import store
-from training.config import TrainConfig, deep_merge, load_config
+from training.config import TrainConfig, deep_merge, load_config, nested
 from training.data import FASHION_MNIST
 from training.evaluate import evaluate_on_record
 
@@ -64,10 +64,7 @@ def _dotted(overrides: dict[str, Any]) -> dict[str, Any]:
         if any(key == p or key.startswith(p + ".") for p in PROTECTED_KEYS) or key in ("data", "model"):
             raise InvalidInput(f"override {key!r} is set by the service and cannot be changed; protected: "
                                f"{', '.join(PROTECTED_KEYS)}", reason="protected_override")  # fmt: skip
-        nested: Any = value
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        out = deep_merge(out, nested)
+        out = deep_merge(out, nested(key, value))
     return out
 
 
@@ -89,9 +86,8 @@ def job_config(req: RetrainRequest, settings: Settings, champion: str | None) ->
     feedback = settings.feedback_dir / settings.model_name
     if req.include_feedback and feedback.is_dir() and any(feedback.iterdir()):
         data["extra_train"] = [str(feedback)]
-    if champion:
-        split = Path(store.get(champion).path) / store.SPLIT_FILE
-        data["holdout"] = str(split) if split.is_file() else None
+    if champion and store.read_split(champion) is not None:
+        data["holdout"] = str(Path(store.get(champion).path) / store.SPLIT_FILE)
     fixed: dict[str, Any] = {"name": settings.model_name, "data": data, "save": True, "resume": False,
                              "threads": settings.retrain_threads, "output_dir": str(settings.jobs_dir)}  # fmt: skip
     if req.model:
@@ -110,7 +106,7 @@ def judge(registry: Registry, settings: Settings, model_name: str, challenger: s
     """Evaluate ``challenger`` against the champion on the same holdout; record and maybe promote."""
     champion = registry.champion(model_name)
     policy = gate.GatePolicy(settings.gate_tolerance, settings.gate_max_recall_drop)
-    holdout = (store.load_model(champion).split() if champion else None) or store.load_model(challenger).split()
+    holdout = (store.read_split(champion) if champion else None) or store.read_split(challenger)
     if holdout is None or not holdout.get("test"):
         raise RuntimeError(f"no holdout to judge {challenger} on: neither model recorded a test split")
     challenger_m = gate.summary(evaluate_on_record(challenger, holdout))

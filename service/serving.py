@@ -54,13 +54,9 @@ def candidate_tags(settings: Settings, registry: Registry | None) -> list[str]:
     return tags
 
 
-def resolve_tag(settings: Settings, registry: Registry | None) -> str:
-    """The version to serve: the pinned tag, else the registry's champion (the newest version becomes
-    champion when there is none yet), else, without a registry, the newest version."""
-    first = candidate_tags(settings, registry)[0]
-    if registry is None or settings.model_tag:
-        return first
-    return registry.ensure_champion(settings.model_name, first)
+def resolve_tag(settings: Settings) -> str:
+    """The version a registry-less caller (benchmarks) serves: the pinned tag, else the newest version."""
+    return candidate_tags(settings, None)[0]
 
 
 @dataclass

@@ -154,7 +154,12 @@ def parse_override(item: str) -> dict[str, Any]:
     if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
         with contextlib.suppress(ValueError):
             value = float(value)
-    for part in reversed(dotted.strip().split(".")):
+    return nested(dotted.strip(), value)
+
+
+def nested(dotted: str, value: Any) -> dict[str, Any]:
+    """``nested("optim.lr", 0.01)`` is ``{"optim": {"lr": 0.01}}``."""
+    for part in reversed(dotted.split(".")):
         value = {part: value}
     return value
 

@@ -142,6 +142,12 @@ def list_versions(name: str) -> list[bentoml.Model]:
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
 
 
+def read_split(tag: str) -> dict[str, Any] | None:
+    """The split recorded with ``tag`` (no weights loaded), or None when it recorded none."""
+    f = Path(get(tag).path) / SPLIT_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
 @dataclass
 class StoredModel:
     """A model loaded from the store: the network (eval mode) and everything needed to feed it."""
