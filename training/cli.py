@@ -17,6 +17,8 @@ log = logging.getLogger("training")
 TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--name", "name", str, "model name in the store (default fashion-cnn)"),
     ("--data", "data.source", str, "'fashion-mnist', a class-per-folder directory or a CSV manifest"),
+    ("--task", "data.task", str, "auto, multiclass, multilabel (CSV with several labels) or hierarchical"),
+    ("--taxonomy", "data.taxonomy", str, "class tree (YAML/JSON) whose leaves are the labels: hierarchical"),
     ("--model", "model.name", str, "'scratch-cnn' or a timm model name, e.g. tf_efficientnet_lite0"),
     ("--weights-file", "model.weights_file", str, "local pretrained weights (from `import-weights`)"),
     ("--img-size", "model.img_size", int, "input size in px (default: the model's, or from the data)"),

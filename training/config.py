@@ -21,8 +21,18 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: str = Field(
         "fashion-mnist",
-        description="'fashion-mnist', a class-per-folder directory, or a CSV manifest (path,label).",
+        description="'fashion-mnist', a class-per-folder directory, or a CSV manifest (path,label; "
+        "path,labels with ';'-separated labels; or path and one 0/1 column per label).",
     )
+    task: Literal["auto", "multiclass", "multilabel", "hierarchical"] = Field(
+        "auto",
+        description="auto: multi-label for a CSV with several labels per image, hierarchical when a taxonomy "
+        "is given, else multi-class. hierarchical without a taxonomy reads nested class folders (animal/cat/...).",
+    )
+    taxonomy: str | None = Field(
+        None, description="YAML/JSON class tree (nested, or child: parent) whose leaves are the labels."
+    )
+    label_separator: str = Field(";", min_length=1, max_length=3, description="Multi-label CSV: between labels.")
     fashion_mnist_dir: str | None = Field(None, description="Directory with the Fashion-MNIST IDX .gz files.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -95,8 +105,19 @@ class OptimConfig(_Section):
     unfreeze_lr_scale: float = Field(0.1, gt=0, le=1, description="LR factor once the backbone unfreezes.")
 
 
+class MultiLabelConfig(_Section):
+    loss: Literal["bce", "asl"] = Field("bce", description="Binary cross-entropy, or the asymmetric loss (ASL).")
+    pos_weight: bool = Field(True, description="bce: weigh each label's positives by its negatives/positives.")
+    pos_weight_max: float = Field(10.0, ge=1, description="Cap on a label's positive weight.")
+    asl_gamma_neg: float = Field(4.0, ge=0)
+    asl_gamma_pos: float = Field(0.0, ge=0)
+    asl_clip: float = Field(0.05, ge=0, lt=1, description="ASL: probability margin shifted off easy negatives.")
+
+
 class EarlyStopConfig(_Section):
-    metric: Literal["val_loss", "val_acc"] = "val_acc"
+    metric: Literal["val_loss", "val_acc", "val_map"] = Field(
+        "val_acc", description="val_acc follows mAP (val_map) for multi-label tasks."
+    )
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
@@ -108,6 +129,7 @@ class TrainConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
+    multilabel: MultiLabelConfig = MultiLabelConfig()
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")

@@ -31,8 +31,11 @@ from .splits import (
     Skipped,
     cap_per_class,
     check_trainable,
+    multi_label_samples,
+    sample_from_record,
     stratified_split,
 )
+from .taxonomy import Taxonomy, TaxonomyError
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +105,45 @@ def _images_under(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, others
 
 
+def _leaf_dirs(base: Path) -> tuple[list[str], list[Skipped]]:
+    """Nested class folders: the folders holding images with no image folder below them, as relative
+    paths (``animal/cat``); images directly in an inner folder are listed as skipped."""
+    with_images: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(base).as_posix()
+        if rel != "." and any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames):
+            with_images.add(rel)
+    inner = {p for p in with_images if any(q.startswith(p + "/") for q in with_images)}
+    skipped = [Skipped(str(base / p), f"images directly in {p!r}, which has class folders below it; move them "
+                                      "into a leaf folder") for p in sorted(inner)]  # fmt: skip
+    return sorted(with_images - inner), skipped
+
+
 def scan_folder(root: Path, cfg: DataConfig) -> DataSplits:
-    """Scan ``root/<class>/...`` or ``root/{train,val,test}/<class>/...``."""
+    """Scan ``root/<class>/...`` or ``root/{train,val,test}/<class>/...``.
+
+    A hierarchical task without a taxonomy file reads nested classes: ``root/animal/cat/...`` is the
+    leaf class ``animal/cat`` under ``animal``.
+    """
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a directory")
+    nested = cfg.task == "hierarchical" and not cfg.taxonomy
     split_roots = {name: root / name for name in SPLIT_DIRS if (root / name).is_dir()}
-    if "train" in split_roots:
+    if "train" not in split_roots:
+        split_roots = {}
+    unknown: list[Skipped] = []
+    if nested:
+        found = [_leaf_dirs(base) for base in (split_roots.values() or [root])]
+        class_names = sorted({leaf for leaves, _ in found for leaf in leaves})
+        unknown += [s for _, bad in found for s in bad]
+    elif split_roots:
         class_names = sorted({d.name for sr in split_roots.values() for d in _class_dirs(sr)})
     else:
-        split_roots = {}
         class_names = [d.name for d in _class_dirs(root)]
-    unknown: list[Skipped] = []
     if cfg.classes is not None:
-        unknown = [Skipped(str(root / name), f"unknown label {name!r}; known: {', '.join(cfg.classes)}")
-                   for name in class_names if name not in cfg.classes]  # fmt: skip
+        unknown += [Skipped(str(root / name), f"unknown label {name!r}; known: {', '.join(cfg.classes)}")
+                    for name in class_names if name not in cfg.classes]  # fmt: skip
         class_names = list(cfg.classes)
     class_to_idx = {name: i for i, name in enumerate(class_names)}
 
@@ -171,32 +199,77 @@ def _fill_missing_splits(splits: DataSplits, cfg: DataConfig) -> DataSplits:
 
 
 # ---------------------------------------------------------------- CSV manifest
+TRUE_VALUES, FALSE_VALUES = {"1", "true", "yes", "y"}, {"0", "false", "no", "n", ""}
+LABEL_COLUMNS = ("label", "labels")
+
+
+def _csv_layout(rows: list[list[str]], csv_path: Path) -> tuple[list[str], list[list[str]], list[str]]:
+    """(lower-cased header, data rows, 0/1 label column names): header optional for ``path,label[,split]``."""
+    first = [c.strip() for c in rows[0]] if rows else []
+    if not first or first[0].lower() != "path":
+        return ["path", "label", "split"][: max((len(r) for r in rows), default=2)], rows, []
+    header = [c.lower() for c in first]
+    if any(c in header for c in LABEL_COLUMNS):
+        return header, rows[1:], []
+    flags = [name for name, low in zip(first, header, strict=True) if low not in ("path", "split")]
+    if not flags:
+        raise DatasetError(
+            f"{csv_path}: expected columns path,label[,split], path,labels[,split] (labels separated by ';') "
+            f"or path and one 0/1 column per label; found {','.join(first)}"
+        )
+    return header, rows[1:], flags
+
+
 def read_manifest(csv_path: Path, cfg: DataConfig) -> DataSplits:
-    """Read ``path,label[,split]`` rows (header optional; paths relative to the CSV)."""
+    """Read a CSV manifest (header optional for ``path,label[,split]``; paths relative to the CSV).
+
+    Multi-label: a ``labels`` column with ``data.label_separator``-separated labels (an empty cell is
+    an image with none of them), or a header ``path,<label>,<label>,...`` with 0/1 cells.
+    """
     if not csv_path.is_file():
         raise DatasetError(f"CSV manifest {csv_path} does not exist")
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        header, rows = [c.strip().lower() for c in rows[0]], rows[1:]
-    else:
-        header = ["path", "label", "split"][: max((len(r) for r in rows), default=2)]
-    if "path" not in header or "label" not in header:
-        raise DatasetError(f"{csv_path}: expected columns path,label[,split]; found {','.join(header)}")
-    ip, il = header.index("path"), header.index("label")
+    n_rows = len(rows)
+    header, rows, flags = _csv_layout(rows, csv_path)
+    ip = header.index("path")
+    il = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
     isplit = header.index("split") if "split" in header else None
+    sep = cfg.label_separator
+    multi = bool(flags) or (il is not None and header[il] == "labels") or cfg.task == "multilabel" or (
+        cfg.task == "auto" and il is not None and any(len(r) > il and sep in r[il] for r in rows))  # fmt: skip
+    if multi and cfg.task in ("multiclass", "hierarchical"):
+        raise DatasetError(f"{csv_path} gives several labels per image, but data.task is {cfg.task}; "
+                           "set data.task to multilabel or auto")  # fmt: skip
+    flag_cols = [header.index(f.lower()) for f in flags]
 
     skipped: list[Skipped] = []
-    entries: list[tuple[Path, str, str | None]] = []
-    for lineno, row in enumerate(rows, start=2 if header else 1):
-        if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
-            skipped.append(Skipped(f"{csv_path}:{lineno}", "row needs a path and a label"))
+    entries: list[tuple[Path, list[str], str | None]] = []
+    for lineno, row in enumerate(rows, start=1 + n_rows - len(rows)):
+        cells = [c.strip() for c in row] + [""] * len(header)
+        where = f"{csv_path}:{lineno}"
+        if not cells[ip]:
+            skipped.append(Skipped(where, "row has no path"))
             continue
-        path = (csv_path.parent / row[ip].strip()).resolve()
-        label = row[il].strip()
-        split = row[isplit].strip().lower() if isplit is not None and len(row) > isplit else None
-        if cfg.classes is not None and label not in cfg.classes:
-            skipped.append(Skipped(str(path), f"unknown label {label!r}; known: {', '.join(cfg.classes)}"))
+        if flags:
+            values = [cells[c].lower() for c in flag_cols]
+            bad = [f"{f}={v!r}" for f, v in zip(flags, values, strict=True) if v not in TRUE_VALUES | FALSE_VALUES]
+            if bad:
+                skipped.append(Skipped(where, f"label cells must be 0 or 1, found {', '.join(bad)}"))
+                continue
+            names = [f for f, v in zip(flags, values, strict=True) if v in TRUE_VALUES]
+        elif multi:
+            names = list(dict.fromkeys(x.strip() for x in cells[il].split(sep) if x.strip()))
+        elif not cells[il]:
+            skipped.append(Skipped(where, "row needs a path and a label"))
+            continue
+        else:
+            names = [cells[il]]
+        path = (csv_path.parent / cells[ip]).resolve()
+        split = cells[isplit].lower() if isplit is not None else None
+        unknown = [n for n in names if cfg.classes is not None and n not in cfg.classes]
+        if unknown:
+            skipped.append(Skipped(str(path), f"unknown label {unknown[0]!r}; known: {', '.join(cfg.classes or [])}"))
         elif not path.is_file():
             skipped.append(Skipped(str(path), f"missing file (row {lineno} of {csv_path.name})"))
         elif split not in (None, "", *SPLIT_DIRS):
@@ -204,13 +277,22 @@ def read_manifest(csv_path: Path, cfg: DataConfig) -> DataSplits:
         elif path.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append(Skipped(str(path), _unsupported(path)))
         else:
-            entries.append((path, label, split or None))
+            entries.append((path, names, split or None))
 
-    class_names = list(cfg.classes) if cfg.classes else sorted({label for _, label, _ in entries})
+    if cfg.classes:
+        class_names = list(cfg.classes)
+    elif flags:
+        class_names = list(flags)
+    else:
+        class_names = sorted({n for _, names, _ in entries for n in names})
     class_to_idx = {name: i for i, name in enumerate(class_names)}
-    samples, bad = _check_all([(p, class_to_idx[lab]) for p, lab, _ in entries], cfg.min_size)
+    samples, bad = _check_all([(p, class_to_idx[names[0]] if names else -1) for p, names, _ in entries], cfg.min_size)
+    if multi:
+        labels_of = {str(p): tuple(class_to_idx[n] for n in names) for p, names, _ in entries}
+        samples = multi_label_samples((s.key, labels_of[s.key], s.digest) for s in samples)
     split_of = {str(p): s for p, _, s in entries}
-    splits = DataSplits(str(csv_path), class_names, [], [], [], skipped + bad)
+    task = "multilabel" if multi else "multiclass"
+    splits = DataSplits(str(csv_path), class_names, [], [], [], skipped + bad, task=task)
     if any(split_of.values()):
         for s in samples:
             getattr(splits, split_of[s.key] or "train").append(s)
@@ -274,6 +356,14 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         splits = read_manifest(Path(cfg.source), cfg)
     else:
         splits = scan_folder(Path(cfg.source), cfg)
+    if cfg.task == "multilabel" and splits.task != "multilabel":
+        raise DatasetError(
+            f"{cfg.source} gives one class per image (a folder tree cannot express several labels); multi-label "
+            "data needs a CSV manifest: 'path,labels' with labels separated by ';' (e.g. img1.png,red;circle), "
+            "or a header 'path,<label>,<label>,...' with one 0/1 column per label"
+        )
+    if cfg.task == "hierarchical" or cfg.taxonomy:
+        set_taxonomy(splits, cfg)
     if cfg.limit_per_class:
         n = cfg.limit_per_class
         splits.train = cap_per_class(splits.train, n, cfg.split_seed)
@@ -289,6 +379,19 @@ def load_splits(cfg: DataConfig) -> DataSplits:
     return splits
 
 
+def set_taxonomy(splits: DataSplits, cfg: DataConfig) -> DataSplits:
+    """Make ``splits`` hierarchical: the taxonomy file's tree, else the class names read as paths."""
+    if splits.task == "multilabel":
+        raise DatasetError("a taxonomy needs one class per image; this data is multi-label")
+    try:
+        tree = Taxonomy.from_file(cfg.taxonomy) if cfg.taxonomy else Taxonomy.from_paths(splits.classes)
+        tree = tree.restricted_to(splits.classes)
+    except TaxonomyError as exc:
+        raise DatasetError(f"{cfg.source}: {exc}") from None
+    splits.task, splits.taxonomy = "hierarchical", tree.to_json()
+    return splits
+
+
 def add_extra_train(splits: DataSplits, root: Path, min_size: int) -> DataSplits:
     """Add the images of a class-per-folder ``root`` to the training split (feedback, say).
 
@@ -298,10 +401,17 @@ def add_extra_train(splits: DataSplits, root: Path, min_size: int) -> DataSplits
     """
     if not root.is_dir():
         raise DatasetError(f"extra training folder {root} does not exist or is not a directory")
+    if splits.task == "multilabel":
+        reason = "feedback gives one label per image; multi-label training needs all of them (use the CSV)"
+        splits.skipped.append(Skipped(str(root), reason))
+        return splits
     seen = {s.digest: s.key for s in splits.train + splits.val + splits.test if s.digest}
     candidates: list[tuple[Path, int]] = []
     for folder in _class_dirs(root):
         name = unquote(folder.name)  # folder names percent-encode labels like "T-shirt/top"
+        if name not in splits.classes and splits.task == "hierarchical":
+            splits.skipped.append(Skipped(str(folder), f"{name!r} is not a leaf of the taxonomy"))
+            continue
         if name not in splits.classes:
             splits.classes.append(name)
         images, others = _images_under(folder)
@@ -327,14 +437,15 @@ def apply_holdout(splits: DataSplits, split_file: Path) -> DataSplits:
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"holdout {split_file} is not a readable split record: {exc}") from None
     held: list[Sample] = []
+    index = {name: i for i, name in enumerate(splits.classes)}
     for key, label in rows:
-        name = names[int(label)]
-        if name not in splits.classes:
-            splits.skipped.append(Skipped(key, f"holdout class {name!r} is not in this dataset"))
+        sample = sample_from_record(key, label, names, index)
+        if sample is None:
+            splits.skipped.append(Skipped(key, f"holdout class {names[int(label)]!r} is not in this dataset"))
         elif not key.startswith(FASHION_MNIST + ":") and not Path(key).is_file():
             splits.skipped.append(Skipped(key, "holdout image file is missing"))
         else:
-            held.append(Sample(key, splits.classes.index(name)))
+            held.append(sample)
     keys = {s.key for s in held}
     splits.train = [s for s in splits.train + splits.test if s.key not in keys]
     splits.val = [s for s in splits.val if s.key not in keys]

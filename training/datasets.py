@@ -12,25 +12,37 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 
 from . import fastpath
 from .splits import Sample
+from .tasks import multi_hot
 from .transforms import Preprocessing, build_eval_transform, build_train_transform, resolve_augment
 
 log = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
-    """Samples read by ``load`` (key -> PIL image) and passed through ``transform``."""
+    """Samples read by ``load`` (key -> PIL image) and passed through ``transform``.
 
-    def __init__(self, samples: Sequence[Sample], load: Callable[[str], Image.Image], transform: Callable):
+    Targets are class indices, or multi-hot vectors when ``num_labels`` is given (multi-label data).
+    """
+
+    def __init__(self, samples: Sequence[Sample], load: Callable[[str], Image.Image], transform: Callable,
+                 num_labels: int | None = None):  # fmt: skip
         self.samples = list(samples)
         self.load = load
         self.transform = transform
+        self.targets = multi_hot(self.samples, num_labels) if num_labels else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         sample = self.samples[index]
-        return self.transform(self.load(sample.key)), sample.label
+        target = self.targets[index] if self.targets is not None else sample.label
+        return self.transform(self.load(sample.key)), target
+
+
+def targets_of(samples: Sequence[Sample], num_labels: int | None) -> torch.Tensor:
+    """Class indices (N,), or multi-hot (N, L) when ``num_labels`` is given."""
+    return multi_hot(samples, num_labels) if num_labels else torch.tensor([s.label for s in samples])
 
 
 def class_weights(samples: Sequence[Sample], num_classes: int) -> torch.Tensor:
@@ -86,15 +98,19 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    num_labels: int | None = None,
 ) -> tuple[Iterable, Iterable, Iterable]:
-    """Train/val/test loaders: the in-memory batch-augmenting fast path when the config allows it."""
+    """Train/val/test loaders: the in-memory batch-augmenting fast path when the config allows it.
+
+    ``num_labels`` (multi-label data) makes targets multi-hot; class balancing is then the loss's job.
+    """
     aug = resolve_augment(cfg.augment)
-    balance_sampler = cfg.data.balance == "sampler"
+    balance_sampler = cfg.data.balance == "sampler" and not num_labels
     if fastpath.supports(aug, len(train) + len(val) + len(test), pp):
         log.info("fast path: %d images decoded once, augmented on batches", len(train) + len(val) + len(test))
 
         def tensors(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-            return fastpath.decode_all(samples, load, pp), torch.tensor([s.label for s in samples])
+            return fastpath.decode_all(samples, load, pp), targets_of(samples, num_labels)
 
         weights = None
         if balance_sampler:
@@ -108,11 +124,11 @@ def build_loaders(
         return tuple(loaders)
     eval_tf = build_eval_transform(pp)
     train_loader = make_loader(
-        ImageDataset(train, load, build_train_transform(pp, cfg.augment)), cfg.batch_size, train=True,
+        ImageDataset(train, load, build_train_transform(pp, cfg.augment), num_labels), cfg.batch_size, train=True,
         workers=workers, seed=cfg.seed, balance_sampler=balance_sampler, distributed=world_size > 1,
         pin_memory=pin_memory,
     )  # fmt: skip
-    eval_loaders = [make_loader(ImageDataset(split, load, eval_tf), cfg.batch_size * 2, train=False,
+    eval_loaders = [make_loader(ImageDataset(split, load, eval_tf, num_labels), cfg.batch_size * 2, train=False,
                                 workers=workers, seed=cfg.seed, pin_memory=pin_memory)
                     for split in (val, test)]  # fmt: skip
     return train_loader, *eval_loaders

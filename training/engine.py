@@ -102,7 +102,10 @@ def train_one_epoch(
             on_step()
         n = len(hard)
         total_loss += float(loss.detach()) * n
-        correct += float((logits.argmax(1) == hard).sum())
+        if hard.ndim == 2:  # multi-hot targets: the image's whole label set right at the 0.5 threshold
+            correct += float(((logits > 0) == hard.bool()).all(1).sum())
+        else:
+            correct += float((logits.argmax(1) == hard).sum())
         seen += n
         if deadline is not None and time.monotonic() > deadline:
             break
@@ -127,10 +130,18 @@ def predict(
     return torch.cat(outs).numpy(), torch.cat(targets).numpy()
 
 
-def loss_and_accuracy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+def validation_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """``val_loss`` and ``val_acc``; for multi-hot targets also ``val_map`` (acc is then subset accuracy at 0.5)."""
     if len(targets) == 0:
-        return float("nan"), float("nan")
+        return {"val_loss": float("nan"), "val_acc": float("nan")}
     t_logits = torch.from_numpy(logits)
     t_targets = torch.from_numpy(targets)
+    if t_targets.ndim == 2:
+        from .metrics import multilabel_metrics, sigmoid
+
+        m = multilabel_metrics(targets, sigmoid(logits), [str(i) for i in range(targets.shape[1])],
+                               [0.5] * targets.shape[1])  # fmt: skip
+        return {"val_loss": float(F.binary_cross_entropy_with_logits(t_logits, t_targets.float())),
+                "val_acc": m["subset_accuracy"], "val_map": m["map"]}  # fmt: skip
     loss = float(F.cross_entropy(t_logits, t_targets))
-    return loss, float((t_logits.argmax(1) == t_targets).float().mean())
+    return {"val_loss": loss, "val_acc": float((t_logits.argmax(1) == t_targets).float().mean())}

@@ -12,9 +12,10 @@ from .config import DataConfig
 from .data import FASHION_MNIST, KeyLoader, load_splits
 from .datasets import ImageDataset, make_loader
 from .engine import Runtime, predict
-from .metrics import classification_metrics, softmax
-from .splits import DatasetError, Sample
+from .metrics import pr_curves
+from .splits import DatasetError, Sample, sample_from_record
 from .store import StoredModel, load_model
+from .tasks import TaskSpec
 from .transforms import build_eval_transform
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,8 @@ def _loader_for(source: str, channels: int) -> KeyLoader:
 
 def samples_from_record(record: dict, split: str, classes: list[str]) -> list[Sample]:
     """The recorded ``split`` relabelled into ``classes`` by name (images of unknown classes dropped)."""
-    names = record["classes"]
     index = {name: i for i, name in enumerate(classes)}
-    return [Sample(k, index[names[int(y)]]) for k, y in record[split] if names[int(y)] in index]
+    return [s for k, y in record[split] if (s := sample_from_record(k, y, record["classes"], index)) is not None]
 
 
 def _recorded_samples(stored: StoredModel, split: str) -> tuple[list[Sample], KeyLoader]:
@@ -40,13 +40,15 @@ def _recorded_samples(stored: StoredModel, split: str) -> tuple[list[Sample], Ke
 
 
 def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader, batch_size: int = 256):
-    """(probabilities, targets) of ``stored`` on ``samples`` with its own eval transform."""
+    """(scores, targets) of ``stored`` on ``samples`` with its own eval transform (multi-label: multi-hot targets)."""
+    spec = TaskSpec.from_metadata(stored.metadata)
     rt = Runtime(torch.device("cpu"), channels_last=True)
     stored.model.to(memory_format=torch.channels_last)
-    loader = make_loader(ImageDataset(samples, load, build_eval_transform(stored.preprocessing)), batch_size,
-                         train=False, workers=1, seed=0)  # fmt: skip
+    num_labels = len(stored.classes) if spec.multilabel else None
+    dataset = ImageDataset(samples, load, build_eval_transform(stored.preprocessing), num_labels)
+    loader = make_loader(dataset, batch_size, train=False, workers=1, seed=0)
     logits, targets = predict(stored.model, loader, rt, desc="evaluate")
-    return softmax(logits), targets
+    return spec.activate(logits), targets
 
 
 def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
@@ -59,8 +61,8 @@ def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
     samples = samples_from_record(record, split, stored.classes)
     if not samples:
         raise DatasetError(f"none of the recorded {split} images has a class {tag} knows")
-    probs, targets = predict_samples(stored, samples, _loader_for(record["source"], stored.preprocessing.channels))
-    return classification_metrics(targets, probs, stored.classes)
+    scores, targets = predict_samples(stored, samples, _loader_for(record["source"], stored.preprocessing.channels))
+    return TaskSpec.from_metadata(stored.metadata).metrics(targets, scores)
 
 
 def evaluate_stored(
@@ -77,18 +79,29 @@ def evaluate_stored(
         samples, load = _recorded_samples(stored, split)
         where = f"{tag} recorded {split} split"
     else:
-        splits = load_splits(DataConfig(source=data, classes=stored.classes, val_fraction=0.01, test_fraction=0.01))
+        nested = stored.metadata.get("task") == "hierarchical" and not stored.metadata.get("config", {}).get(
+            "data", {}
+        ).get("taxonomy")
+        splits = load_splits(DataConfig(source=data, classes=stored.classes, val_fraction=0.01, test_fraction=0.01,
+                                        task="hierarchical" if nested else "auto"))  # fmt: skip
         samples = splits.train + splits.val + splits.test
         load = _loader_for(splits.source, channels)
         where = data
     if not samples:
         raise DatasetError(f"no images to evaluate in {where}")
-    probs, targets = predict_samples(stored, samples, load, batch_size)
-    metrics = classification_metrics(targets, probs, stored.classes)
+    scores, targets = predict_samples(stored, samples, load, batch_size)
+    spec = TaskSpec.from_metadata(stored.metadata)
+    metrics = spec.metrics(targets, scores)
     out = output or Path("runs") / stored.tag.replace(":", "-") / f"evaluate-{split if data is None else 'data'}"
     out.mkdir(parents=True, exist_ok=True)
-    reports.plot_confusion(metrics["confusion_matrix"], stored.classes, out / "confusion_matrix.png")
-    reports.plot_samples([s.key for s in samples], targets, probs, stored.classes, load, out / "samples.png")
+    keys = [s.key for s in samples]
+    if spec.multilabel:
+        curves = pr_curves(targets, scores, stored.classes)
+        reports.plot_pr_curves(curves, metrics, out / "pr_curves.png")
+        reports.plot_label_samples(keys, targets, scores, spec.thresholds, stored.classes, load, out / "samples.png")
+    else:
+        reports.plot_confusion(metrics["confusion_matrix"], stored.classes, out / "confusion_matrix.png")
+        reports.plot_samples(keys, targets, scores, stored.classes, load, out / "samples.png")
     report = {"tag": stored.tag, "architecture": stored.metadata["architecture"], "classes": stored.classes,
               "best_epoch": stored.metadata.get("metrics", {}).get("best_epoch", -1),
               "train_seconds": stored.metadata.get("metrics", {}).get("train_seconds"),

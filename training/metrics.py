@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     confusion_matrix,
+    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
     top_k_accuracy_score,
@@ -61,3 +63,98 @@ def _roc_auc(targets: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> floa
     if len(present) == 2:
         return float(roc_auc_score(targets == present[1], sub[:, 1]))
     return float(roc_auc_score(targets, sub, multi_class="ovr", labels=present))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+
+
+# ---------------------------------------------------------------- multi-label
+def tune_thresholds(targets: np.ndarray, scores: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per label, the score threshold that maximises F1 on (``targets`` multi-hot, ``scores``) (N, L).
+
+    A label with no positive example keeps ``default``. The threshold sits halfway between the
+    chosen score and the next lower one, so it does not hang on one validation image's exact score.
+    """
+    thresholds = np.full(targets.shape[1], default, np.float64)
+    for j in range(targets.shape[1]):
+        t, s = targets[:, j].astype(bool), scores[:, j]
+        if not t.any():
+            continue
+        order = np.argsort(-s, kind="stable")
+        s_sorted, t_sorted = s[order], t[order]
+        tp = np.cumsum(t_sorted)
+        k = np.arange(1, len(s_sorted) + 1)
+        f1 = 2 * tp / (k + t.sum())
+        last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # cut only between distinct scores
+        f1 = np.where(last_of_tie, f1, -1)
+        best = int(np.argmax(f1))
+        below = s_sorted[best + 1] if best + 1 < len(s_sorted) else 0.0
+        thresholds[j] = float((s_sorted[best] + below) / 2)
+    return thresholds
+
+
+def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, classes: Sequence[str],
+                       thresholds: Sequence[float]) -> dict:  # fmt: skip
+    """mAP, per-label AP/P/R/F1, micro and macro F1, subset accuracy and Hamming loss.
+
+    ``targets`` is multi-hot (N, L), ``scores`` the sigmoid outputs; a label is predicted when its
+    score reaches its threshold. mAP averages AP over the labels with at least one positive.
+    """
+    y = targets.astype(bool)
+    pred = scores >= np.asarray(thresholds)[None, :]
+    p, r, f1, support = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    ap = [float(average_precision_score(y[:, j], scores[:, j])) if y[:, j].any() else None
+          for j in range(len(classes))]  # fmt: skip
+    present = [a for a in ap if a is not None]
+    out: dict = {
+        "num_samples": int(len(y)),
+        "map": float(np.mean(present)) if present else 0.0,
+        "subset_accuracy": float((pred == y).all(axis=1).mean()) if len(y) else 0.0,
+        "hamming_loss": float((pred != y).mean()) if len(y) else 0.0,
+        "per_label": {
+            name: {
+                "ap": ap[j],
+                "precision": float(p[j]),
+                "recall": float(r[j]),
+                "f1": float(f1[j]),
+                "support": int(support[j]),
+                "threshold": round(float(thresholds[j]), 6),
+            }
+            for j, name in enumerate(classes)
+        },  # fmt: skip
+    }
+    for avg in ("micro", "macro"):
+        ap_, ar, af, _ = precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
+        out[avg] = {"precision": float(ap_), "recall": float(ar), "f1": float(af)}
+    return out
+
+
+def pr_curves(targets: np.ndarray, scores: np.ndarray, classes: Sequence[str]) -> dict[str, tuple]:
+    """Per label with positives: (precision, recall) arrays for plotting."""
+    return {name: precision_recall_curve(targets[:, j], scores[:, j])[:2]
+            for j, name in enumerate(classes) if targets[:, j].any()}  # fmt: skip
+
+
+# ---------------------------------------------------------------- hierarchical
+def hierarchy_metrics(targets: np.ndarray, probs: np.ndarray, leaves: Sequence[str], taxonomy) -> dict:
+    """Accuracy at each depth (argmax of the level's summed probabilities) and how far mistakes land.
+
+    ``mistakes`` counts wrong leaf predictions by tree distance (edges through the lowest common
+    ancestor: 2 = a sibling); ``mean_mistake_distance`` averages it over the mistakes.
+    """
+    out: dict = {"levels": {}, "mistakes": {}, "mean_mistake_distance": None}
+    if not len(targets):
+        return out
+    for level in range(1, taxonomy.max_depth(leaves) + 1):
+        nodes, m = taxonomy.level_matrix(leaves, level)
+        true_node = m[targets].argmax(1)
+        accuracy = float(((probs @ m).argmax(1) == true_node).mean())
+        out["levels"][str(level)] = {"nodes": len(nodes), "accuracy": accuracy}
+    preds = probs.argmax(1)
+    distances = [taxonomy.distance(leaves[t], leaves[p]) for t, p in zip(targets, preds, strict=True) if t != p]
+    for d in sorted(set(distances)):
+        out["mistakes"][str(d)] = distances.count(d)
+    if distances:
+        out["mean_mistake_distance"] = float(np.mean(distances))
+    return out

@@ -23,8 +23,8 @@ from .config import TrainConfig, save_config
 from .datasets import build_loaders, class_weights, set_epoch
 from .distributed import DistInfo, broadcast, cleanup, init_distributed
 from .early_stopping import EarlyStopping
-from .engine import Runtime, loss_and_accuracy, predict, train_one_epoch, weighted_soft_cross_entropy
-from .metrics import classification_metrics, softmax
+from .engine import Runtime, predict, train_one_epoch, validation_metrics, weighted_soft_cross_entropy
+from .metrics import pr_curves, tune_thresholds
 from .models import build_model, model_kwargs, set_backbone_trainable
 from .setup import (
     EmaStepper,
@@ -38,6 +38,8 @@ from .setup import (
     select_runtime,
 )
 from .splits import DataSplits
+from .tasks import MULTILABEL, TaskSpec, multilabel_loss
+from .taxonomy import Taxonomy
 from .transforms import Preprocessing, resolve_augment
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                  splits.source, len(splits.classes), len(splits.train), len(splits.val), len(splits.test),
                  summary["imbalance_ratio"], len(splits.skipped))  # fmt: skip
     num_classes = len(splits.classes)
+    multilabel = splits.task == MULTILABEL
     channels = infer_channels(cfg, splits)
     load = data_sources.make_loader(splits, channels)
 
@@ -108,13 +111,17 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     workers = default_workers(info) if cfg.data.workers is None else cfg.data.workers
     train_loader, val_loader, test_loader = build_loaders(
         cfg, splits.train, splits.val, splits.test, load, pp, workers=workers, rank=info.rank,
-        world_size=info.world_size, pin_memory=pin,
+        world_size=info.world_size, pin_memory=pin, num_labels=num_classes if multilabel else None,
     )  # fmt: skip
 
     weight = class_weights(splits.train, num_classes).to(rt.device) if cfg.data.balance == "loss" else None
     aug = resolve_augment(cfg.augment)
     mixup = None
-    if aug.get("mixup") or aug.get("cutmix"):
+    if multilabel:
+        if aug.get("mixup") or aug.get("cutmix") or cfg.data.balance != "none":
+            log.info("multi-label: mixup/cutmix and data.balance are not used (labels are weighted in the loss)")
+        loss_fn = multilabel_loss(cfg, splits.train, num_classes).to(rt.device)
+    elif aug.get("mixup") or aug.get("cutmix"):
         mixup = Mixup(mixup_alpha=aug.get("mixup", 0.0), cutmix_alpha=aug.get("cutmix", 0.0),
                       label_smoothing=cfg.optim.label_smoothing, num_classes=num_classes)  # fmt: skip
 
@@ -133,8 +140,9 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     optimizer, scheduler = build_optimizer(_unwrap(model), cfg, lr, freeze or cfg.epochs, steps)
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype is torch.float16 else None
     ema = EmaStepper(ModelEmaV3(_unwrap(model), decay=cfg.optim.ema_decay, use_warmup=True)) if cfg.optim.ema else None
+    stop_metric = early_stop_metric(cfg.early_stop.metric, multilabel)
     stopper = EarlyStopping(cfg.early_stop.patience, cfg.early_stop.min_delta,
-                            "max" if cfg.early_stop.metric == "val_acc" else "min")  # fmt: skip
+                            "min" if stop_metric == "val_loss" else "max")  # fmt: skip
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 1
@@ -186,15 +194,16 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         decision = None
         if info.is_main:
             logits, targets = predict(eval_model, val_loader, rt, desc="val")
-            record["val_loss"], record["val_acc"] = loss_and_accuracy(logits, targets)
+            record.update(validation_metrics(logits, targets))
             record["seconds"] = time.perf_counter() - t0
-            is_best = stopper.step(record[cfg.early_stop.metric], epoch)
+            is_best = stopper.step(record[stop_metric], epoch)
             if is_best:
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in eval_model.state_dict().items()})
             history.append(record)
-            log.info("epoch %d/%d loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e %.0fs (%.0f img/s)%s",
+            log.info("epoch %d/%d loss %.4f acc %.4f val_loss %.4f val_acc %.4f%s lr %.2e %.0fs (%.0f img/s)%s",
                      epoch, cfg.epochs, record["loss"], record["acc"], record["val_loss"], record["val_acc"],
-                     record["lr"], record["seconds"], record["img_per_s"], " *" if is_best else "")  # fmt: skip
+                     f" val_map {record['val_map']:.4f}" if "val_map" in record else "", record["lr"],
+                     record["seconds"], record["img_per_s"], " *" if is_best else "")  # fmt: skip
             torch.save({"epoch": epoch, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
                         "early_stop": stopper.state_dict(), "history": history, "best_state": best_state,
@@ -210,7 +219,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
             scheduler.t_initial = (last_epoch - phase_start + 1) * steps  # anneal fully by the new end
         if decision:
             log.info("stopping after epoch %d: %s", epoch,
-                     f"no {cfg.early_stop.metric} improvement for {stopper.patience} epochs"
+                     f"no {stop_metric} improvement for {stopper.patience} epochs"
                      if decision == "early_stop" else f"max_minutes={cfg.max_minutes} reached")  # fmt: skip
             break
 
@@ -219,7 +228,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     final = _unwrap(model)
     if best_state is not None:
         final.load_state_dict(best_state)
-        log.info("restored the best weights (epoch %d, %s %.4f)", stopper.best_epoch, cfg.early_stop.metric,
+        log.info("restored the best weights (epoch %d, %s %.4f)", stopper.best_epoch, stop_metric,
                  stopper.best)  # fmt: skip
     train_seconds = time.monotonic() - started
     return _evaluate_and_save(cfg, final, splits, summary, load, pp, kwargs, rt, info, (val_loader, test_loader),
@@ -237,20 +246,33 @@ def _evaluate_and_save(
 
     val_logits, val_targets = predict(final, val_loader, rt, desc="val")
     test_logits, test_targets = predict(final, test_loader, rt, desc="test")
-    test_probs = softmax(test_logits)
-    metrics = {
-        "test": classification_metrics(test_targets, test_probs, splits.classes, cfg.top_k),
-        "val": {k: v for k, v in classification_metrics(val_targets, softmax(val_logits), splits.classes,
-                                                        cfg.top_k).items() if k != "confusion_matrix"},
-    }  # fmt: skip
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     reports.plot_curves(history, report_dir / "curves.png")
-    reports.plot_confusion(metrics["test"]["confusion_matrix"], splits.classes, report_dir / "confusion_matrix.png")
-    reports.plot_samples([s.key for s in splits.test], test_targets, test_probs, splits.classes, load,
-                         report_dir / "samples.png", seed=cfg.seed)  # fmt: skip
+    tree = Taxonomy.from_obj(splits.taxonomy) if splits.taxonomy else None
+    spec = TaskSpec(splits.task, splits.classes, taxonomy=tree)
+    if spec.multilabel:
+        spec.thresholds = tune_thresholds(val_targets, spec.activate(val_logits))
+    test_scores = spec.activate(test_logits)
+    metrics = {"test": spec.metrics(test_targets, test_scores, cfg.top_k),
+               "val": spec.metrics(val_targets, spec.activate(val_logits), cfg.top_k)}  # fmt: skip
+    metrics["val"].pop("confusion_matrix", None)
+    keys = [s.key for s in splits.test]
+    if spec.multilabel:
+        reports.plot_pr_curves(pr_curves(test_targets, test_scores, splits.classes), metrics["test"],
+                               report_dir / "pr_curves.png")  # fmt: skip
+        reports.plot_label_samples(keys, test_targets, test_scores, spec.thresholds, splits.classes, load,
+                                   report_dir / "samples.png", seed=cfg.seed)  # fmt: skip
+    else:
+        reports.plot_confusion(metrics["test"]["confusion_matrix"], splits.classes,
+                               report_dir / "confusion_matrix.png")  # fmt: skip
+        reports.plot_samples(keys, test_targets, test_scores, splits.classes, load, report_dir / "samples.png",
+                             seed=cfg.seed)  # fmt: skip
+    if spec.taxonomy is not None:
+        reports.plot_hierarchy(metrics["test"]["hierarchy"], report_dir / "hierarchy.png")
     report = {
-        "name": cfg.name, "architecture": cfg.model.name, "classes": splits.classes, "best_epoch": best_epoch,
+        "name": cfg.name, "architecture": cfg.model.name, "classes": splits.classes, **spec.metadata(),
+        "best_epoch": best_epoch,
         "train_seconds": train_seconds, "history": history, "metrics": metrics, "data": summary,
         "preprocessing": pp.model_dump(mode="json"), "runtime": {"device": str(rt.device),
         "precision": str(rt.amp_dtype or "fp32"), "channels_last": rt.channels_last, "world_size": info.world_size},
@@ -264,7 +286,8 @@ def _evaluate_and_save(
             preprocessing=pp, metrics=_metric_summary(metrics, best_epoch, train_seconds),
             config=cfg.model_dump(mode="json"), fingerprint=summary["fingerprint"],
             split=splits.split_record(), report_dir=report_dir,
-            labels={"architecture": cfg.model.name.replace("/", "_")[:63]},
+            labels={"architecture": cfg.model.name.replace("/", "_")[:63], "task": spec.kind},
+            extra_metadata=spec.metadata(),
         )  # fmt: skip
         tag = str(bento_model.tag)
         report["tag"] = tag
@@ -272,12 +295,23 @@ def _evaluate_and_save(
     return TrainResult(tag, metrics, history, report_dir, best_epoch, report)
 
 
+def early_stop_metric(metric: str, multilabel: bool) -> str:
+    """Accuracy means mAP for multi-label models (subset accuracy is too coarse to stop on)."""
+    if multilabel:
+        return "val_map" if metric == "val_acc" else metric
+    return "val_acc" if metric == "val_map" else metric
+
+
 def _metric_summary(metrics: dict, best_epoch: int, seconds: float) -> dict:
-    """What other parts read from metadata: ``metrics.test.accuracy`` and friends (no big tables)."""
+    """What other parts read from metadata: ``metrics.test.accuracy`` (or ``.map``) and friends (no big tables)."""
 
     def slim(m: dict) -> dict:
         out = {k: v for k, v in m.items() if isinstance(v, int | float) or v is None}
-        out.update({f"{avg}_f1": m[avg]["f1"] for avg in ("macro", "weighted")})
+        out.update({f"{avg}_f1": m[avg]["f1"] for avg in ("micro", "macro", "weighted") if avg in m})
+        if "hierarchy" in m:
+            h = m["hierarchy"]
+            out.update({f"level{d}_accuracy": v["accuracy"] for d, v in h["levels"].items()})
+            out["mean_mistake_distance"] = h["mean_mistake_distance"]
         return out
 
     return {"test": slim(metrics["test"]), "val": slim(metrics["val"]), "best_epoch": best_epoch,

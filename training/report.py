@@ -25,7 +25,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax_loss.set(title="Loss", xlabel="epoch")
     ax_acc.plot(epochs, [h["acc"] for h in history], marker="o", label="train")
     ax_acc.plot(epochs, [h["val_acc"] for h in history], marker="o", label="val")
-    ax_acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
+    if history and "val_map" in history[0]:
+        ax_acc.plot(epochs, [h["val_map"] for h in history], marker="s", label="val mAP")
+    ax_acc.set(title="Accuracy" + (" (subset) and mAP" if history and "val_map" in history[0] else ""),
+               xlabel="epoch", ylim=(0, 1))  # fmt: skip
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -89,6 +92,60 @@ def plot_samples(
     plt.close(fig)
 
 
+def plot_pr_curves(curves: dict[str, tuple], metrics: dict, path: Path) -> None:
+    """Precision-recall curve per label, its AP in the legend and its threshold's operating point."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, (precision, recall) in curves.items():
+        m = metrics["per_label"][name]
+        (line,) = ax.plot(recall, precision, label=f"{name[:18]} AP {m['ap']:.3f}")
+        ax.plot([m["recall"]], [m["precision"]], "o", color=line.get_color())
+    ax.set(title=f"Precision-recall per label (mAP {metrics['map']:.3f}; dots: tuned thresholds)",
+           xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02))  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_label_samples(
+    keys: Sequence[str], targets: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, classes: Sequence[str],
+    load: Callable[[str], Image.Image], path: Path, n: int = 8, seed: int = 0,
+) -> None:  # fmt: skip
+    """Test images with their predicted label sets (green: the whole set right, red: not)."""
+    pred = scores >= thresholds[None, :]
+    idx = np.random.default_rng(seed).permutation(len(keys))[:n]
+    fig, axes = plt.subplots(1, max(1, len(idx)), figsize=(1.9 * max(1, len(idx)), 2.6), squeeze=False)
+    for ax, i in zip(axes[0], idx, strict=False):
+        ax.axis("off")
+        img = load(keys[i])
+        ax.imshow(img, cmap="gray" if img.mode == "L" else None)
+        names = [classes[j][:10] for j in np.flatnonzero(pred[i])] or ["(none)"]
+        right = bool((pred[i] == targets[i].astype(bool)).all())
+        ax.set_title("\n".join(names), fontsize=7, color="green" if right else "red")
+    fig.suptitle("Sample test predictions (labels at or above their thresholds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_hierarchy(h: dict, path: Path) -> None:
+    """Accuracy per tree level, and wrong predictions by their distance in the tree."""
+    fig, (ax_lv, ax_d) = plt.subplots(1, 2, figsize=(9, 3.6))
+    levels = [int(d) for d in h["levels"]]
+    ax_lv.bar(levels, [h["levels"][str(d)]["accuracy"] for d in levels], color="tab:blue")
+    ax_lv.set(title="Accuracy per level", xlabel="depth (1 = top)", ylim=(0, 1), xticks=levels)
+    dists = [int(d) for d in h["mistakes"]]
+    ax_d.bar(dists, [h["mistakes"][str(d)] for d in dists], color="tab:red")
+    ax_d.set(title="Mistakes by tree distance (2 = sibling)", xlabel="edges between true and predicted leaf",
+             xticks=dists)  # fmt: skip
+    for ax in (ax_lv, ax_d):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_report(report: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.json"
@@ -99,6 +156,8 @@ def write_report(report: dict, out_dir: Path) -> Path:
 def format_summary(report: dict) -> str:
     """A human-readable summary of the report for the terminal."""
     test = report["metrics"]["test"]
+    if "map" in test:
+        return _format_multilabel(report, test)
     lines = [
         f"model        {report.get('tag', '(not saved)')}",
         f"architecture {report['architecture']}  classes {len(report['classes'])}  best epoch {report['best_epoch']}"
@@ -111,5 +170,26 @@ def format_summary(report: dict) -> str:
     ]
     for name, m in test["per_class"].items():
         lines.append(f"{name[:20]:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>8}")
+    if "hierarchy" in test:
+        h = test["hierarchy"]
+        lines.append("levels       " + "  ".join(f"depth {d} acc {v['accuracy']:.4f}" for d, v in h["levels"].items()))
+        if h["mean_mistake_distance"] is not None:
+            lines.append(f"mistakes     by tree distance {h['mistakes']}, mean {h['mean_mistake_distance']:.2f}")
+    lines.append(f"report       {report.get('report_dir', '')}")
+    return "\n".join(lines)
+
+
+def _format_multilabel(report: dict, test: dict) -> str:
+    lines = [
+        f"model        {report.get('tag', '(not saved)')}",
+        f"architecture {report['architecture']}  labels {len(report['classes'])}  best epoch {report['best_epoch']}",
+        f"test         mAP {test['map']:.4f}  micro-F1 {test['micro']['f1']:.4f}  macro-F1 {test['macro']['f1']:.4f}"
+        f"  subset accuracy {test['subset_accuracy']:.4f}  Hamming loss {test['hamming_loss']:.4f}",
+        f"{'label':<20} {'AP':>6} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8} {'threshold':>9}",
+    ]
+    for name, m in test["per_label"].items():
+        ap = f"{m['ap']:.3f}" if m["ap"] is not None else "-"
+        lines.append(f"{name[:20]:<20} {ap:>6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+                     f"{m['support']:>8} {m['threshold']:>9.3f}")  # fmt: skip
     lines.append(f"report       {report.get('report_dir', '')}")
     return "\n".join(lines)

@@ -15,8 +15,19 @@ class Sample:
     """One labelled image. ``key`` is a file path or a source-specific id (``fashion-mnist:train:17``)."""
 
     key: str
-    label: int
+    label: int  # the class; for multi-label data the rarest of its labels (stratification), -1 for none
     digest: str = ""  # content hash when known, for fingerprints and duplicate detection
+    labels: tuple[int, ...] | None = None  # multi-label data: every label of the image (may be empty)
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """Every label of the image: its class, or its labels for multi-label data."""
+        return self.labels if self.labels is not None else (self.label,)
+
+    @property
+    def record_label(self) -> int | list[int]:
+        """How the label is written in a split record (a list for multi-label data)."""
+        return list(self.labels) if self.labels is not None else self.label
 
 
 @dataclass
@@ -36,12 +47,14 @@ class DataSplits:
     test: list[Sample]
     skipped: list[Skipped] = field(default_factory=list)
     split_origin: str = "given"  # "given" by the source or "generated" (seeded, stratified)
+    task: str = "multiclass"  # or "multilabel" (labels per image) or "hierarchical" (classes are tree leaves)
+    taxonomy: dict[str, str] | None = None  # hierarchical: node -> parent ("" at the top)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class per split, keyed by class name."""
+        """Images per class (multi-label: per label) per split, keyed by class name."""
         out: dict[str, dict[str, int]] = {}
         for split_name in ("train", "val", "test"):
-            per = Counter(s.label for s in getattr(self, split_name))
+            per = Counter(t for s in getattr(self, split_name) for t in s.targets)
             out[split_name] = {name: per.get(i, 0) for i, name in enumerate(self.classes)}
         return out
 
@@ -59,7 +72,9 @@ class DataSplits:
             "source": self.source,
             "classes": self.classes,
             "origin": self.split_origin,
-            **{name: [[s.key, s.label] for s in getattr(self, name)] for name in ("train", "val", "test")},
+            "task": self.task,
+            **({"taxonomy": self.taxonomy} if self.taxonomy else {}),
+            **{name: [[s.key, s.record_label] for s in getattr(self, name)] for name in ("train", "val", "test")},
         }
 
     def summary(self) -> dict:
@@ -69,9 +84,30 @@ class DataSplits:
             "counts": self.counts(),
             "imbalance_ratio": round(self.imbalance(), 3),
             "split_origin": self.split_origin,
+            "task": self.task,
             "skipped": [asdict(s) for s in self.skipped],
             "fingerprint": self.fingerprint(),
         }
+
+
+def sample_from_record(key: str, label: int | list[int], names: Sequence[str], index: dict[str, int]) -> Sample | None:
+    """A split record's row relabelled into another class list by name (None: its class is unknown there).
+
+    Multi-label rows keep the labels the other list knows; unknown ones are dropped.
+    """
+    if isinstance(label, list):
+        labels = tuple(index[names[i]] for i in label if names[i] in index)
+        return Sample(key, labels[0] if labels else -1, labels=labels)
+    name = names[int(label)]
+    return Sample(key, index[name]) if name in index else None
+
+
+def multi_label_samples(samples: Iterable[tuple[str, tuple[int, ...], str]]) -> list[Sample]:
+    """(key, labels, digest) -> samples whose ``label`` (the split's stratum) is the image's rarest label."""
+    items = list(samples)
+    freq = Counter(t for _, labels, _ in items for t in labels)
+    return [Sample(key, min(labels, key=lambda t: (freq[t], t)) if labels else -1, digest, tuple(sorted(labels)))
+            for key, labels, digest in items]  # fmt: skip
 
 
 class DatasetError(ValueError):
@@ -124,7 +160,7 @@ def fingerprint(classes: Sequence[str], samples: Iterable[Sample]) -> str:
     """SHA-256 over the class names and the sorted (key, label, digest) list."""
     h = hashlib.sha256(json.dumps(list(classes)).encode())
     for s in sorted(samples, key=lambda s: s.key):
-        h.update(f"{s.key}\t{s.label}\t{s.digest}\n".encode())
+        h.update(f"{s.key}\t{s.record_label}\t{s.digest}\n".encode())
     return h.hexdigest()
 
 
@@ -145,7 +181,8 @@ def check_trainable(splits: DataSplits, where: str) -> None:
         )
     empty = [name for name, n in splits.counts()["train"].items() if n == 0]
     if empty:
+        kind = "Labels" if splits.task == "multilabel" else "Classes"
         raise DatasetError(
-            f"Classes with no training images in {where}: {', '.join(empty)}. "
-            "Every class needs at least one training image."
+            f"{kind} with no training images in {where}: {', '.join(empty)}. "
+            f"Every {kind.lower()[:-1]} needs at least one training image."
         )
