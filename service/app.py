@@ -20,7 +20,9 @@ from training import store
 
 from . import metrics
 from .errors import NotFound, Overloaded, PayloadTooLarge, ServiceError
+from .inference import Classifier
 from .parsing import b64decode, many_images, single_image
+from .results import ClassifyQuery
 from .schemas import (
     BatchItem,
     ClassifyBatchResponse,
@@ -35,14 +37,26 @@ ERROR_RESPONSES = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENT
                                   HTTPStatus.UNSUPPORTED_MEDIA_TYPE, HTTPStatus.TOO_MANY_REQUESTS,
                                   HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
 _BINARY = {"type": "string", "format": "binary"}
-REPORT_PICTURES = ("curves.png", "confusion_matrix.png", "samples.png")
+REPORT_PICTURES = ("curves.png", "confusion_matrix.png", "pr_curves.png", "hierarchy.png", "samples.png")
 
 
 def report_dir(clf) -> Path:
     return clf.stored.path / store.REPORT_DIR
 
 
-_TOP_K = Query(None, ge=1, le=1000, description="How many classes to return (default 5, capped at the class count).")
+_TOP_K = Query(
+    None,
+    ge=1,
+    le=1000,
+    description="How many classes to return (default 5, capped at the class count; "
+    "multi-label models return every label above its threshold unless top_k is given).",
+)
+_LEVEL = Query(
+    None,
+    ge=1,
+    le=100,
+    description="Hierarchical models: answer with the nodes of this tree level (1 = the top) instead of the leaves.",
+)
 
 
 def _multipart_body(field: str, many: bool) -> dict:
@@ -96,27 +110,32 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
             in_flight["n"] -= 1
 
     @app.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
-              openapi_extra=_multipart_body("image", many=False), summary="Classify one image")  # fmt: skip
-    async def classify(request: Request, top_k: int | None = _TOP_K) -> ClassifyResponse:
+              response_model_exclude_unset=True, openapi_extra=_multipart_body("image", many=False),
+              summary="Classify one image")  # fmt: skip
+    async def classify(request: Request, top_k: int | None = _TOP_K, level: int | None = _LEVEL) -> ClassifyResponse:
         async def run(state: ServingState) -> ClassifyResponse:
             data, form_top_k = await single_image(request, state.settings.max_upload_bytes)
-            [result] = await state.classify([data], top_k if top_k is not None else form_top_k, "/classify")
-            return ClassifyResponse(model=state.require().tag, predictions=_unwrap(result))
+            query = ClassifyQuery(top_k if top_k is not None else form_top_k, level)
+            clf, [result] = await state.classify([data], query, "/classify")
+            return ClassifyResponse(model=clf.tag, task=clf.task.kind, **_unwrap(result))
 
         return await guarded(run)
 
     @app.post("/classify_batch", response_model=ClassifyBatchResponse, responses=ERROR_RESPONSES,
+              response_model_exclude_unset=True,
               openapi_extra=_multipart_body("images", many=True),
               summary="Classify several images (multipart field 'images', repeated)")  # fmt: skip
-    async def classify_batch(request: Request, top_k: int | None = _TOP_K) -> ClassifyBatchResponse:
+    async def classify_batch(
+        request: Request, top_k: int | None = _TOP_K, level: int | None = _LEVEL
+    ) -> ClassifyBatchResponse:
         async def run(state: ServingState) -> ClassifyBatchResponse:
             images = await many_images(request, state.settings.max_upload_bytes, state.settings.max_batch_images)
-            results = await state.classify(images, top_k, "/classify_batch")
-            return _batch_response(state, results)
+            return _batch_response(*await state.classify(images, ClassifyQuery(top_k, level), "/classify_batch"))
 
         return await guarded(run)
 
     @app.post("/classify_json", response_model=ClassifyBatchResponse, responses=ERROR_RESPONSES,
+              response_model_exclude_unset=True,
               summary="Classify base64-encoded images sent as JSON")  # fmt: skip
     async def classify_json(body: ClassifyJSONRequest) -> ClassifyBatchResponse:
         async def run(state: ServingState) -> ClassifyBatchResponse:
@@ -124,7 +143,9 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
                 raise PayloadTooLarge(f"{len(body.images)} images in one request; the maximum is "
                                       f"{state.settings.max_batch_images}", reason="too_many_images")  # fmt: skip
             images = [b64decode(s, i, state.settings.max_upload_bytes) for i, s in enumerate(body.images)]
-            return _batch_response(state, await state.classify(images, body.top_k, "/classify_json"))
+            return _batch_response(
+                *await state.classify(images, ClassifyQuery(body.top_k, body.level), "/classify_json")
+            )
 
         return await guarded(run)
 
@@ -132,7 +153,11 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
     async def model_info() -> ModelInfo:
         clf = get_state().require()
         meta = clf.stored.metadata
-        return ModelInfo(tag=clf.tag, architecture=meta["architecture"], classes=clf.classes,
+        task = clf.task
+        levels = [task.level(d)[0] for d in range(1, task.depth + 1)] if task.taxonomy else None
+        return ModelInfo(tag=clf.tag, architecture=meta["architecture"], classes=clf.classes, task=task.kind,
+                         thresholds=task.metadata().get("thresholds"), taxonomy=task.metadata().get("taxonomy"),
+                         levels=levels,
                          preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
                          created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid(),
                          dataset_fingerprint=meta.get("dataset_fingerprint"),
@@ -166,15 +191,20 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
 
 
 # ---------------------------------------------------------------- request parsing
-def _unwrap(result: ClassifyResult) -> list:
+def _unwrap(result: ClassifyResult) -> dict[str, Any]:
+    """The answer's response fields, or the image's error raised."""
     if result.error is not None:
         raise result.error
-    return result.predictions or []
+    assert result.answer is not None
+    a = result.answer
+    return {"predictions": a.predictions} | {
+        k: v for k, v in (("labels", a.labels), ("level", a.level)) if v is not None
+    }
 
 
-def _batch_response(state: ServingState, results: list[ClassifyResult]) -> ClassifyBatchResponse:
+def _batch_response(clf: Classifier, results: list[ClassifyResult]) -> ClassifyBatchResponse:
     if len(results) == 1 and results[0].error is not None:
         raise results[0].error  # a one-image request gets the image's own status
-    items = [BatchItem(index=i, predictions=r.predictions, error=r.error.message if r.error else None)
-             for i, r in enumerate(results)]  # fmt: skip
-    return ClassifyBatchResponse(model=state.require().tag, results=items)
+    items = [BatchItem(index=i, predictions=None, error=r.error.message) if r.error else
+             BatchItem(index=i, error=None, **_unwrap(r)) for i, r in enumerate(results)]  # fmt: skip
+    return ClassifyBatchResponse(model=clf.tag, task=clf.task.kind, results=items)

@@ -1,8 +1,10 @@
 """The promotion gate (pure): may a challenger replace the champion, and why.
 
 Both sides are measured by the same code on the same holdout; the challenger passes when its
-accuracy is at least the champion's minus ``tolerance`` and no class's recall falls by more than
-``max_recall_drop``. Only classes both models know are compared class by class.
+primary metric (accuracy; mAP for multi-label models) is at least the champion's minus
+``tolerance`` and no class's recall (multi-label: no label's average precision) falls by more than
+``max_recall_drop``. Only classes both models know are compared class by class; a challenger of
+another task than the champion's is never promoted automatically.
 """
 
 from __future__ import annotations
@@ -29,32 +31,55 @@ class Decision:
 
 
 def summary(metrics: dict) -> dict:
-    """What the registry keeps of a metric set: accuracy, macro F1, recall per class, sample count."""
-    return {
-        "accuracy": round(float(metrics["accuracy"]), 6),
-        "macro_f1": round(float(metrics["macro"]["f1"]), 6),
-        "num_samples": int(metrics["num_samples"]),
-        "recall": {name: round(float(m["recall"]), 6) for name, m in metrics["per_class"].items() if m["support"]},
-    }
+    """What the registry keeps of a metric set: the primary metric and its per-class breakdown.
+
+    Multi-class (and hierarchical): accuracy, macro F1, recall per class (and accuracy per level).
+    Multi-label: mAP, micro and macro F1, subset accuracy, average precision per label.
+    """
+    r = _round
+    if "map" in metrics:
+        return {"task": "multilabel", "primary": "map", "per_label": "ap", "map": r(metrics["map"]),
+                "micro_f1": r(metrics["micro"]["f1"]), "macro_f1": r(metrics["macro"]["f1"]),
+                "subset_accuracy": r(metrics["subset_accuracy"]), "num_samples": int(metrics["num_samples"]),
+                "ap": {n: r(m["ap"]) for n, m in metrics["per_label"].items() if m["ap"] is not None}}  # fmt: skip
+    out = {"task": "hierarchical" if "hierarchy" in metrics else "multiclass", "primary": "accuracy",
+           "per_label": "recall", "accuracy": r(metrics["accuracy"]), "macro_f1": r(metrics["macro"]["f1"]),
+           "num_samples": int(metrics["num_samples"]),
+           "recall": {name: r(m["recall"]) for name, m in metrics["per_class"].items() if m["support"]}}  # fmt: skip
+    if "hierarchy" in metrics:
+        out["levels"] = {d: r(v["accuracy"]) for d, v in metrics["hierarchy"]["levels"].items()}
+    return out
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
 
 
 def decide(challenger: dict, champion: dict | None, policy: GatePolicy) -> Decision:
     """``challenger`` and ``champion`` are :func:`summary` dicts measured on the same holdout."""
     if champion is None:
         return Decision(True, "no champion yet: the first model becomes champion", challenger, None)
-    floor = champion["accuracy"] - policy.tolerance
+    task, champion_task = challenger.get("task", "multiclass"), champion.get("task", "multiclass")
+    if (task == "multilabel") != (champion_task == "multilabel"):
+        return Decision(False, f"refused: the challenger is {task} but the champion is {champion_task}; "
+                               "promote it by hand if that change is intended", challenger, champion)  # fmt: skip
+    metric, per = challenger.get("primary", "accuracy"), challenger.get("per_label", "recall")
+    floor = champion[metric] - policy.tolerance
     drops = {
-        name: round(champion["recall"][name] - recall, 6)
-        for name, recall in challenger["recall"].items()
-        if name in champion["recall"] and champion["recall"][name] - recall > policy.max_recall_drop
+        name: round(champion[per][name] - value, 6)
+        for name, value in challenger[per].items()
+        if name in champion[per] and champion[per][name] - value > policy.max_recall_drop
     }
-    acc = f"accuracy {challenger['accuracy']:.4f} vs champion {champion['accuracy']:.4f}"
-    if challenger["accuracy"] < floor:
+    label = "mAP" if metric == "map" else metric
+    acc = f"{label} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}"
+    if challenger[metric] < floor:
         return Decision(False, f"refused: {acc}, below the floor {floor:.4f} (tolerance {policy.tolerance})",
                         challenger, champion, drops)  # fmt: skip
+    what = "average precision" if per == "ap" else "recall"
     if drops:
         worst = ", ".join(f"{name} -{drop * 100:.1f} pts" for name, drop in sorted(drops.items(), key=lambda d: -d[1]))
-        return Decision(False, f"refused: recall fell by more than {policy.max_recall_drop * 100:.1f} points "
+        return Decision(False, f"refused: {what} fell by more than {policy.max_recall_drop * 100:.1f} points "
                                f"for {worst} ({acc})", challenger, champion, drops)  # fmt: skip
-    return Decision(True, f"promoted: {acc} (tolerance {policy.tolerance}); no class's recall fell by more than "
+    kind = "label's" if per == "ap" else "class's"
+    return Decision(True, f"promoted: {acc} (tolerance {policy.tolerance}); no {kind} {what} fell by more than "
                           f"{policy.max_recall_drop * 100:.1f} points", challenger, champion)  # fmt: skip

@@ -114,9 +114,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             name=request.name, platform=f"imgclf_{clf.runtime.name}", max_batch_size=0,
             input=[mc.ModelInput(name=oip.IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[-1]),
                    mc.ModelInput(name=oip.TENSOR_INPUT, data_type=mc.TYPE_FP32, dims=[-1, c, h, w])],
-            output=[mc.ModelOutput(name=oip.OUTPUT, data_type=mc.TYPE_FP32, dims=[-1, len(clf.classes)])],
+            output=[mc.ModelOutput(name=o["name"], data_type=mc.TYPE_BOOL if o["datatype"] == "BOOL" else
+                                   mc.TYPE_FP32, dims=o["shape"]) for o in oip.outputs_of(clf)],
             parameters={"classes": mc.ModelParameter(string_value=json.dumps(clf.classes)),
-                        "tag": mc.ModelParameter(string_value=clf.tag)},
+                        "tag": mc.ModelParameter(string_value=clf.tag),
+                        **{k: mc.ModelParameter(string_value=json.dumps(v))
+                           for k, v in oip.task_parameters(clf).items()}},
         )  # fmt: skip
         return pb.ModelConfigResponse(config=config)
 

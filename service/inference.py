@@ -14,8 +14,8 @@ import torch
 
 from training.data import FASHION_MNIST, KeyLoader
 from training.imaging import decode_image
-from training.metrics import softmax
 from training.store import StoredModel, load_model
+from training.tasks import TaskSpec
 from training.transforms import EvalPreprocessor
 
 from .runtimes import CPU_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir, locked
@@ -35,6 +35,7 @@ class Classifier:
     load_seconds: float = 0.0
 
     def __post_init__(self) -> None:
+        self.task = TaskSpec.from_metadata(self.stored.metadata)
         self.transform = EvalPreprocessor(self.stored.preprocessing)
         self.channels = self.stored.preprocessing.channels
         self.draft_size = self.stored.preprocessing.resize_size
@@ -58,13 +59,8 @@ class Classifier:
         return self.transform(img)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, C) for a preprocessed float32 batch (N, C, H, W)."""
-        return softmax(self.runtime(np.ascontiguousarray(batch, dtype=np.float32)))
-
-    def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
-        k = min(k, len(self.classes))
-        order = np.argsort(-probs)[:k]
-        return [{"label": self.classes[i], "index": int(i), "score": float(probs[i])} for i in order]
+        """Scores (N, C) for a preprocessed float32 batch (N, C, H, W): probabilities, or sigmoids (multi-label)."""
+        return self.task.activate(self.runtime(np.ascontiguousarray(batch, dtype=np.float32)))
 
 
 # ---------------------------------------------------------------- loading and runtime choice
@@ -86,11 +82,14 @@ def _calibration_batches(stored: StoredModel, transform, limit: int, batch: int 
     return [np.stack(images[i : i + batch]) for i in range(0, len(images), batch)]
 
 
-def _agreement(reference: list[np.ndarray], runtime: InferenceRuntime, batches: list[np.ndarray]) -> float:
+def _agreement(
+    task: TaskSpec, reference: list[np.ndarray], runtime: InferenceRuntime, batches: list[np.ndarray]
+) -> float:
+    """Share of images whose decision (top-1, or multi-label: the label set) matches the fp32 reference."""
     same = total = 0
     for ref, x in zip(reference, batches, strict=True):
-        same += int((runtime(x).argmax(1) == ref).sum())
-        total += len(ref)
+        s, n = task.agreement(task.decisions(task.activate(runtime(x))), ref)
+        same, total = same + s, total + n
     return same / max(total, 1)
 
 
@@ -106,9 +105,11 @@ def _throughput(runtime: InferenceRuntime, x: np.ndarray, seconds: float = 0.4) 
 def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tuple[InferenceRuntime, dict]:
     """Build the configured runtime, or with ``auto`` measure every candidate and keep the fastest.
 
-    A reduced-precision runtime (bf16, int8) qualifies only when its top-1 agrees with fp32 torch on
-    at least ``agreement_threshold`` of the recorded test split; the result is cached per version.
+    A reduced-precision runtime (bf16, int8) qualifies only when its top-1 (multi-label: its label
+    set) agrees with fp32 torch on at least ``agreement_threshold`` of the recorded test split; the
+    result is cached per version.
     """
+    task = TaskSpec.from_metadata(stored.metadata)
     transform = EvalPreprocessor(stored.preprocessing)
     batches = _calibration_batches(stored, transform, settings.agreement_samples)
     cache_file = export_dir(stored) / "runtimes.json"
@@ -133,8 +134,8 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
                 else:
                     if reference is None:
                         fp32 = build_runtime("torch", stored, threads)
-                        reference = [fp32(x).argmax(1) for x in batches]
-                    entry["agreement"] = round(_agreement(reference, runtime, batches), 5)
+                        reference = [task.decisions(task.activate(fp32(x))) for x in batches]
+                    entry["agreement"] = round(_agreement(task, reference, runtime, batches), 5)
                 if entry["agreement"] < settings.agreement_threshold:
                     raise ValueError(f"top-1 agreement with fp32 {entry['agreement']:.4f} < "
                                      f"{settings.agreement_threshold}")  # fmt: skip

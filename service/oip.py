@@ -5,10 +5,16 @@ One model, named by ``IMGCLF_MODEL_NAME``, its version the served tag's version.
 - ``image``: BYTES ``[N]``, encoded image files (JPEG, PNG, ...), decoded and preprocessed by the service;
 - ``input``: FP32 ``[N, C, H, W]``, already preprocessed as ``GET /model`` describes.
 
-Output ``probabilities``: FP32 ``[N, num_classes]``; requested with the classification extension
-(``classification: k``) it is BYTES ``[N, k]`` of ``"score:index:label"``, best first. Both the gRPC
-server and the ``/v2`` HTTP routes call :func:`infer`, which goes through the same batcher as
-``/classify``.
+Outputs (all of them unless the request names some):
+
+- ``probabilities``: FP32 ``[N, num_classes]`` (multi-label models: each label's sigmoid score);
+- multi-label models: ``labels``, BOOL ``[N, num_classes]``, true where a score reaches its threshold;
+- hierarchical models: ``level_<d>``, FP32 ``[N, nodes at depth d]``, each node's probability (the
+  sum of its leaves'); the node names are in the model metadata's ``parameters.levels``.
+
+Requested with the classification extension (``classification: k``) an FP32 output is BYTES
+``[N, k]`` of ``"score:index:label"``, best first. Both the gRPC server and the ``/v2`` HTTP routes
+call :func:`infer`, which goes through the same batcher as ``/classify``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from .serving import ServingState
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"
 OUTPUT = "probabilities"
+LABELS_OUTPUT = "labels"
+LEVEL_OUTPUT = "level_{}"
 SERVER_NAME = "imgclf"
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
 ENDPOINT = "/v2/infer"  # the metrics label for images arriving through the protocol
@@ -86,6 +94,30 @@ def check_model(state: ServingState, name: str, version: str = "") -> Classifier
     return clf
 
 
+def output_names(clf: Classifier) -> dict[str, list[str]]:
+    """Each output's column names: the classes, or a tree level's nodes."""
+    task = clf.task
+    out = {OUTPUT: clf.classes}
+    if task.multilabel:
+        out[LABELS_OUTPUT] = clf.classes
+    if task.taxonomy is not None:
+        out |= {LEVEL_OUTPUT.format(d): task.level(d)[0] for d in range(1, task.depth + 1)}
+    return out
+
+
+def outputs_of(clf: Classifier) -> list[dict[str, Any]]:
+    return [{"name": name, "datatype": "BOOL" if name == LABELS_OUTPUT else "FP32", "shape": [-1, len(cols)]}
+            for name, cols in output_names(clf).items()]  # fmt: skip
+
+
+def task_parameters(clf: Classifier) -> dict[str, Any]:
+    """What a client needs to read the outputs: task, thresholds, taxonomy and the levels' nodes."""
+    out = clf.task.metadata()
+    if clf.task.taxonomy is not None:
+        out["levels"] = [clf.task.level(d)[0] for d in range(1, clf.task.depth + 1)]
+    return out
+
+
 def model_metadata(clf: Classifier, name: str) -> dict[str, Any]:
     c, h, w = clf.input_shape
     return {
@@ -94,8 +126,8 @@ def model_metadata(clf: Classifier, name: str) -> dict[str, Any]:
         "platform": f"imgclf_{clf.runtime.name}",
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
                    {"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, c, h, w]}],
-        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(clf.classes)]}],
-        "parameters": {"classes": clf.classes, "tag": clf.tag,
+        "outputs": outputs_of(clf),
+        "parameters": {"classes": clf.classes, "tag": clf.tag, **task_parameters(clf),
                        "preprocessing": clf.stored.preprocessing.model_dump(mode="json")},
     }  # fmt: skip
 
@@ -117,7 +149,8 @@ async def infer(state: ServingState, req: InferRequest) -> InferResponse:
     else:
         raise InvalidInput(f"unknown input {tensor.name!r}; inputs are '{IMAGE_INPUT}' (BYTES) and "
                            f"'{TENSOR_INPUT}' (FP32)", reason="bad_inputs")  # fmt: skip
-    outputs = [_output(clf, probs, o) for o in req.outputs or [RequestedOutput(OUTPUT)]]
+    requested = req.outputs or [RequestedOutput(name) for name in output_names(clf)]
+    outputs = [_output(clf, probs, o) for o in requested]
     return InferResponse(req.model_name, version_of(clf), req.id, outputs)
 
 
@@ -139,14 +172,25 @@ async def _infer_images(state: ServingState, tensor: Tensor) -> tuple[Classifier
 
 
 def _output(clf: Classifier, probs: np.ndarray, requested: RequestedOutput) -> Tensor:
-    if requested.name != OUTPUT:
-        raise InvalidInput(f"unknown output {requested.name!r}; the output is '{OUTPUT}'", reason="bad_outputs")
+    names = output_names(clf)
+    name = requested.name
+    if name not in names:
+        raise InvalidInput(f"unknown output {name!r}; this model's outputs are {', '.join(names)}",
+                           reason="bad_outputs")  # fmt: skip
+    if name == LABELS_OUTPUT:
+        if requested.classification:
+            raise InvalidInput(f"the classification extension applies to '{OUTPUT}' and level outputs, not "
+                               f"'{LABELS_OUTPUT}'", reason="bad_outputs")  # fmt: skip
+        decided = clf.task.decisions(probs)
+        return Tensor(name, "BOOL", list(decided.shape), decided)
+    values = probs if name == OUTPUT else probs @ clf.task.level(int(name.rsplit("_", 1)[1]))[1]
     if not requested.classification:
-        return Tensor(OUTPUT, "FP32", list(probs.shape), probs.astype(np.float32))
-    k = min(requested.classification, len(clf.classes))
-    order = np.argsort(-probs, axis=1)[:, :k]
-    rows = [[f"{probs[n, i]:f}:{i}:{clf.classes[i]}".encode() for i in order[n]] for n in range(len(probs))]
-    return Tensor(OUTPUT, "BYTES", [len(probs), k], [item for row in rows for item in row])
+        return Tensor(name, "FP32", list(values.shape), values.astype(np.float32))
+    cols = names[name]
+    k = min(requested.classification, len(cols))
+    order = np.argsort(-values, axis=1)[:, :k]
+    rows = [[f"{values[n, i]:f}:{i}:{cols[i]}".encode() for i in order[n]] for n in range(len(values))]
+    return Tensor(name, "BYTES", [len(values), k], [item for row in rows for item in row])
 
 
 # ---------------------------------------------------------------- wire encodings shared by gRPC and HTTP
@@ -181,4 +225,6 @@ def decode_numeric(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
 
 def tensor_bytes(t: Tensor) -> bytes:
     """A response tensor in the raw encoding."""
-    return encode_bytes(t.data) if t.datatype == "BYTES" else np.ascontiguousarray(t.data, "<f4").tobytes()
+    if t.datatype == "BYTES":
+        return encode_bytes(t.data)
+    return np.ascontiguousarray(t.data, bool if t.datatype == "BOOL" else "<f4").tobytes()

@@ -104,6 +104,10 @@ class Operations:
     # ------------------------------------------------------------ feedback
     def feedback(self, data: bytes, label: str) -> Feedback:
         clf = self.state.require()
+        if clf.task.multilabel:
+            raise InvalidInput("feedback takes one label per image, and a multi-label model needs all of an "
+                               "image's labels: add the image to the model's CSV manifest instead",
+                               reason="multilabel_feedback")  # fmt: skip
         fb = save_feedback(self.registry, self.settings.feedback_dir, self.model_name, data, label, clf.classes,
                            self.settings.feedback_new_labels, self.settings.max_pixels)  # fmt: skip
         if not fb.duplicate:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Set by the service, never by a request: paths the job writes or reads outside the data roots.
 PROTECTED_KEYS = ("name", "output_dir", "save", "resume", "threads", "device", "data.source", "data.extra_train",
-                  "data.holdout", "data.fashion_mnist_dir", "model.weights_file")  # fmt: skip
+                  "data.holdout", "data.fashion_mnist_dir", "data.taxonomy", "model.weights_file")  # fmt: skip
 
 
 class JobCancelled(Exception):

@@ -7,26 +7,49 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+TASK_DESCRIPTION = (
+    "multiclass: the top-k classes. multilabel: every label at or above its threshold (top-k by score when top_k "
+    "is given). hierarchical: the top-k leaves (or nodes of the requested level), each with its path."
+)
+
+
+class PathNode(BaseModel):
+    label: str
+    level: int = Field(..., ge=1, description="Depth in the class tree (1 = the top).")
+    score: float = Field(..., ge=0, le=1, description="The sum of the probabilities of the leaves below.")
+
 
 class Prediction(BaseModel):
     label: str
-    index: int = Field(..., ge=0)
+    index: int = Field(..., ge=0, description="Position in the model's classes (or in the level's nodes).")
     score: float = Field(..., ge=0, le=1)
+    threshold: float | None = Field(None, description="Multi-label: this label's decision threshold.")
+    positive: bool | None = Field(None, description="Multi-label: the score reaches the threshold.")
+    path: list[PathNode] | None = Field(None, description="Hierarchical: from the top of the tree to this node.")
 
 
-class ClassifyResponse(BaseModel):
+class Classified(BaseModel):
+    predictions: list[Prediction] = Field(..., description=TASK_DESCRIPTION)
+    labels: list[str] | None = Field(None, description="Multi-label: the labels at or above their thresholds.")
+    level: int | None = Field(None, description="Hierarchical: the tree level the predictions are from.")
+
+
+class ClassifyResponse(Classified):
     model: str = Field(..., description="Tag of the model that answered (name:version).")
-    predictions: list[Prediction] = Field(..., description="Top-k classes, highest score first.")
+    task: str = Field("multiclass", description="multiclass, multilabel or hierarchical.")
 
 
 class BatchItem(BaseModel):
     index: int = Field(..., description="Position of the image in the request.")
     predictions: list[Prediction] | None = None
+    labels: list[str] | None = None
+    level: int | None = None
     error: str | None = Field(None, description="Why this image could not be classified.")
 
 
 class ClassifyBatchResponse(BaseModel):
     model: str
+    task: str = "multiclass"
     results: list[BatchItem]
 
 
@@ -35,12 +58,17 @@ class ClassifyJSONRequest(BaseModel):
 
     images: list[str] = Field(..., min_length=1, description="Base64-encoded image files (JPEG, PNG, ...).")
     top_k: int | None = Field(None, ge=1, le=1000, description="How many classes to return (default 5).")
+    level: int | None = Field(None, ge=1, le=100, description="Hierarchical models: the tree level to answer at.")
 
 
 class ModelInfo(BaseModel):
     tag: str
     architecture: str
+    task: str = Field("multiclass", description="multiclass, multilabel or hierarchical.")
     classes: list[str]
+    thresholds: dict[str, float] | None = Field(None, description="Multi-label: each label's decision threshold.")
+    taxonomy: dict[str, str] | None = Field(None, description="Hierarchical: each node's parent ('' at the top).")
+    levels: list[list[str]] | None = Field(None, description="Hierarchical: the nodes of each level, top first.")
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
     created: str

@@ -21,6 +21,7 @@ from .batching import MicroBatcher
 from .errors import InvalidInput, NotReady, ServiceError, from_image_error
 from .inference import Classifier, load_classifier
 from .registry import Registry
+from .results import Answer, ClassifyQuery, answer, check_query
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Served:
 
 @dataclass
 class ClassifyResult:
-    predictions: list[dict] | None = None
+    answer: Answer | None = None
     error: ServiceError | None = None
 
 
@@ -202,12 +203,6 @@ class ServingState:
             raise NotReady("the model is still loading; retry shortly")
         return self.served.classifier
 
-    def check_top_k(self, top_k: int | None, clf: Classifier | None = None) -> int:
-        k = self.settings.default_top_k if top_k is None else top_k
-        if k < 1:
-            raise InvalidInput(f"top_k must be a positive integer, got {k}", reason="bad_top_k")
-        return min(k, len((clf or self.require()).classes))
-
     def _preprocess(self, clf: Classifier, data: bytes) -> np.ndarray:
         start = time.perf_counter()
         x = clf.preprocess(data)
@@ -226,14 +221,19 @@ class ServingState:
         finally:
             served.in_flight -= 1
 
-    async def classify(self, images: list[bytes], top_k: int | None, endpoint: str) -> list[ClassifyResult]:
-        """Top-k for each image; a bad image gets its own error and does not fail the others."""
+    async def classify(
+        self, images: list[bytes], query: ClassifyQuery, endpoint: str
+    ) -> tuple[Classifier, list[ClassifyResult]]:
+        """The model's answer for each image (see :mod:`service.results`) and the model that gave it.
+
+        A bad image gets its own error and does not fail the others; a bad query fails the request.
+        """
         with self._use() as served:
             clf = served.classifier
-            k = self.check_top_k(top_k, clf)
+            query = check_query(clf.task, query, self.settings.default_top_k)
             outputs = await self._probabilities(served, images, endpoint)
-        return [ClassifyResult(error=out) if isinstance(out, ServiceError) else
-                ClassifyResult(predictions=clf.top_k(out, k)) for out in outputs]  # fmt: skip
+        return clf, [ClassifyResult(error=out) if isinstance(out, ServiceError) else
+                     ClassifyResult(answer(clf.task, out, query)) for out in outputs]  # fmt: skip
 
     async def probabilities(self, images: list[bytes], endpoint: str) -> tuple[Classifier, list]:
         """Class probabilities (or a :class:`ServiceError`) per encoded image, and the model that answered."""

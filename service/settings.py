@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     feedback_dir: Path = Field(REPO_ROOT / "data" / "feedback", description="Where feedback images are kept.")
     feedback_new_labels: bool = Field(False, description="Accept feedback labels the model does not know.")
     gate_tolerance: float = Field(0.01, ge=0, le=1, description="Challenger accuracy may trail by this much.")
-    gate_max_recall_drop: float = Field(0.05, ge=0, le=1, description="Largest allowed per-class recall drop.")
+    gate_max_recall_drop: float = Field(
+        0.05, ge=0, le=1, description="Largest allowed per-class recall drop (multi-label: per-label AP drop)."
+    )
     k8s_namespace: str = Field("default", description="Namespace of training Jobs (kubernetes backend).")
     k8s_job_template: Path = Field(REPO_ROOT / "k8s" / "base" / "retrain-job.yaml", description="Job template.")
 

@@ -94,9 +94,13 @@ async function classifyOne(file) {
         el("li", {}, el("span", { class: "label" }, p.label),
           el("span", { class: "bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": "1", "aria-valuenow": p.score.toFixed(4),
                        "aria-label": `${p.label} ${pct(p.score)}` }, el("span", { style: `width:${(100 * p.score).toFixed(1)}%` })),
-          el("span", { class: "score" }, pct(p.score))))),
-      el("p", { class: "muted" }, `${ms.toFixed(0)} ms · ${answer.model}`),
-      feedbackControl(file, answer.predictions[0].label));
+          el("span", { class: "score" }, pct(p.score)),
+          p.path ? el("span", { class: "path muted" }, p.path.map((n) => `${n.label} ${pct(n.score)}`).join(" › ")) : null,
+          p.threshold !== undefined ? el("span", { class: "path muted" },
+            `${p.positive ? "✓ above" : "below"} its threshold ${pct(p.threshold)}`) : null))),
+      answer.labels ? el("p", { class: "name" }, `Labels: ${answer.labels.join(", ") || "none above threshold"}`) : null,
+      el("p", { class: "muted" }, `${ms.toFixed(0)} ms · ${answer.model} · ${answer.task}`),
+      answer.task === "multilabel" || !answer.predictions.length ? null : feedbackControl(file, answer.predictions[0].label));
   } catch (err) {
     body.replaceChildren(el("p", { class: "name" }, file.name), el("p", { class: "error", role: "alert" }, err.message));
   }
@@ -141,11 +145,15 @@ async function loadCard() {
         ["Architecture", m.architecture], ["Created", when(m.created)], ["Runtime", `${m.runtime.chosen} (agreement ${pct(m.runtime.agreement)})`],
         ["Input", `${pp.channels} × ${pp.input_size} × ${pp.input_size}, ${pp.interpolation}, crop ${pp.crop_pct}`],
         ["Normalisation", `mean ${pp.mean.join(", ")} · std ${pp.std.join(", ")}`],
-        ["Test accuracy", pct(test.accuracy)], ["Macro F1", pct(test.macro_f1)],
+        ["Task", m.task],
+        ...(m.task === "multilabel" ? [["Test mAP", pct(test.map)], ["Micro F1", pct(test.micro_f1)], ["Macro F1", pct(test.macro_f1)]]
+          : [["Test accuracy", pct(test.accuracy)], ["Macro F1", pct(test.macro_f1)]]),
+        ...(m.levels ? m.levels.map((_, i) => [`Accuracy at depth ${i + 1}`, pct(test[`level${i + 1}_accuracy`])]) : []),
         ["Dataset fingerprint", m.dataset_fingerprint || "–"], ["Worker", m.worker_pid]
       ].map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
       el("h3", {}, `Classes (${m.classes.length})`),
-      el("p", { class: "classes" }, m.classes.join(" · ")),
+      el("p", { class: "classes" }, m.thresholds ? m.classes.map((c) => `${c} (≥ ${pct(m.thresholds[c])})`).join(" · ") : m.classes.join(" · ")),
+      m.levels ? el("p", { class: "classes" }, m.levels.map((nodes, i) => `depth ${i + 1}: ${nodes.join(", ")}`).join(" — ")) : null,
       el("h3", {}, "Evaluation report"),
       el("div", { class: "pictures" }, m.report_pictures.map((p) =>
         el("figure", {}, el("img", { src: `/model/report/${p}`, alt: p.replace(".png", "").replace("_", " "), loading: "lazy" }),
@@ -192,7 +200,7 @@ function renderJobs(jobs) {
       p.epoch ? el("progress", { max: p.epochs, value: p.epoch, "aria-label": `job ${j.id} progress` }) : null,
       j.result_tag ? el("p", { class: "muted" }, "model ", j.result_tag) : null,
       d ? el("p", { class: d.promoted ? "ok" : "error" }, d.reason) : null,
-      d && d.champion ? el("p", { class: "muted" }, `challenger ${pct(d.challenger.accuracy)} vs champion ${pct(d.champion.accuracy)} on ${d.holdout}`) : null,
+      d && d.champion ? el("p", { class: "muted" }, `challenger ${pct(d.challenger[d.challenger.primary || "accuracy"])} vs champion ${pct(d.champion[d.challenger.primary || "accuracy"])} ${d.challenger.primary === "map" ? "mAP" : "accuracy"} on ${d.holdout}`) : null,
       j.error ? el("p", { class: "error" }, j.error) : null,
       j.status === "running" || j.status === "queued"
         ? el("button", { type: "button", class: "secondary", onclick: () => act(`/jobs/${j.id}/cancel`, {}, "#retrain-state") }, "Cancel") : null);
@@ -204,7 +212,7 @@ function renderModels(models) {
   $("#versions tbody").replaceChildren(...models.versions.map((v) => el("tr", {},
     el("td", {}, v.tag, v.champion ? el("span", { class: "badge succeeded" }, "champion") : null),
     el("td", {}, when(v.created)),
-    el("td", {}, pct(v.metrics && v.metrics.test && v.metrics.test.accuracy)),
+    el("td", {}, pct(v.metrics && v.metrics.test && (v.metrics.test.accuracy ?? v.metrics.test.map))),
     el("td", {}, v.champion ? "" : el("button", { type: "button", class: "secondary", onclick: () => act("/models/promote", { tag: v.tag, reason: "promoted from the web page" }, "#champion-state") }, "Promote")))));
   $("#history").replaceChildren(...models.history.map((e) => el("li", {},
     el("span", { class: `badge ${e.kind}` }, e.kind), " ", e.tag || "", " · ", when(e.created_at), el("br"), el("span", { class: "muted" }, e.reason))));
