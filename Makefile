@@ -12,7 +12,7 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean loadtest sweep soak model perf-report
+.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights clean loadtest sweep soak model perf-report train-tree train-mosaic
 
 setup: $(STAMP) system-deps
 
@@ -66,6 +66,15 @@ train: setup
 
 serve: setup
 	$(VENV)/bin/bentoml serve
+
+# Real-data examples of the other tasks: a class tree over Fashion-MNIST, and multi-label mosaics of it.
+# Serve one with IMGCLF_MODEL_NAME=fashion-tree (or fashion-mosaic) make serve.
+train-tree: setup
+	$(PY) -m training train --config configs/fashion-tree.yaml
+
+train-mosaic: setup
+	$(PY) -m training make-mosaic --out data/fashion-mosaic
+	$(PY) -m training train --config configs/fashion-mosaic.yaml
 
 build: setup
 	$(VENV)/bin/bentoml build

@@ -34,22 +34,25 @@ class Classified(BaseModel):
     level: int | None = Field(None, description="Hierarchical: the tree level the predictions are from.")
 
 
-class ClassifyResponse(Classified):
+class Answered(BaseModel):
     model: str = Field(..., description="Tag of the model that answered (name:version).")
     task: str = Field("multiclass", description="multiclass, multilabel or hierarchical.")
 
 
-class BatchItem(BaseModel):
+class ClassifyResponse(Classified, Answered):
+    pass
+
+
+class Indexed(BaseModel):
     index: int = Field(..., description="Position of the image in the request.")
-    predictions: list[Prediction] | None = None
-    labels: list[str] | None = None
-    level: int | None = None
+
+
+class BatchItem(Classified, Indexed):
+    predictions: list[Prediction] | None = Field(None, description=TASK_DESCRIPTION)
     error: str | None = Field(None, description="Why this image could not be classified.")
 
 
-class ClassifyBatchResponse(BaseModel):
-    model: str
-    task: str = "multiclass"
+class ClassifyBatchResponse(Answered):
     results: list[BatchItem]
 
 

@@ -231,3 +231,51 @@ def test_gate_never_auto_promotes_across_tasks():
     multiclass = {"task": "multiclass", "accuracy": 0.9, "macro_f1": 0.9, "num_samples": 10, "recall": {}}
     d = gate.decide(ml_summary(0.99, {"red": 1.0}), multiclass, gate.GatePolicy())
     assert not d.promote and "multilabel but the champion is multiclass" in d.reason
+
+
+# ---------------------------------------------------------------- more data and training pieces
+def test_positive_weights_follow_each_labels_rarity():
+    from training.splits import Sample
+    from training.tasks import positive_weights
+
+    samples = [Sample(str(i), 0, labels=(0,) if i < 8 else (0, 1)) for i in range(10)]
+    w = positive_weights(samples, 2, cap=3.0)
+    assert w[0] == 1.0  # every image has label 0: no negatives
+    assert w[1] == 3.0  # 8 negatives / 2 positives = 4, capped at 3
+
+
+def test_a_csv_of_leaf_labels_with_a_taxonomy(tmp_path):
+    root = make_folder_dataset(tmp_path / "colours", per_class=3)
+    rows = ["path,label"] + [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.glob("*/*.png"))]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "tree.json").write_text(json.dumps({"red": "warm", "green": "cool", "blue": "cool", "warm": None,
+                                                    "cool": ""}))  # fmt: skip
+    splits = load_splits(DataConfig(source=str(root / "labels.csv"), taxonomy=str(tmp_path / "tree.json")))
+    assert splits.task == "hierarchical" and Taxonomy.from_obj(splits.taxonomy).path("blue") == ["cool", "blue"]
+
+
+def test_fashion_mnist_mosaics_are_a_multilabel_csv(tmp_path):
+    from training.data import find_fashion_mnist
+    from training.mosaic import make_mosaics
+
+    try:
+        find_fashion_mnist(None)
+    except DatasetError:
+        pytest.skip("Fashion-MNIST is not installed (make setup installs it)")
+    manifest = make_mosaics(tmp_path / "mosaic", n_train=40, n_test=10, seed=1)
+    splits = load_splits(DataConfig(source=str(manifest), val_fraction=0.2))
+    assert splits.task == "multilabel" and len(splits.test) == 10 and all(s.key.count("/test/") for s in splits.test)
+    assert all(1 <= len(s.targets) <= 4 for s in splits.train + splits.val + splits.test)
+    assert make_mosaics(tmp_path / "mosaic", n_train=40, n_test=10, seed=1) == manifest  # kept, not rewritten
+
+
+def test_asl_training_runs_and_stores_thresholds(tmp_path):
+    from training import load_config, train
+
+    csv_path = make_multilabel_dataset(tmp_path / "shapes", per_combo=3)
+    cfg = load_config(dotted=[f"data.source={csv_path}", f"output_dir={tmp_path / 'runs'}", "name=asl", "epochs=1",
+                              "batch_size=8", "model.width=4", "model.depth=1", "data.workers=0", "save=false",
+                              "multilabel.loss=asl", "model.img_size=32", "augment.mixup=0.2"])  # fmt: skip
+    result = train(cfg)
+    assert result.report["task"] == "multilabel" and len(result.report["thresholds"]) == 6
+    assert "val_map" in result.history[0] and "map" in result.metrics["test"]

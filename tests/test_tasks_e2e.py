@@ -15,8 +15,9 @@ from conftest import TREE, encode, make_multilabel_dataset, make_tree_dataset, s
 
 from loadtests.server import Server
 from training import load_config, store, train
-from training.evaluate import evaluate_on_record
+from training.evaluate import evaluate_on_record, evaluate_stored
 from training.imaging import decode_image
+from training.report import format_summary
 from training.tasks import TaskSpec
 from training.transforms import EvalPreprocessor
 
@@ -67,6 +68,10 @@ def test_multilabel_model_in_the_store(world):
     assert test["map"] > 0.5  # colour and shape are learnable in a few epochs
     again = evaluate_on_record(result.tag, store.read_split(result.tag))  # the gate's measure
     assert again["map"] == pytest.approx(test["map"], abs=0.02)
+    report = evaluate_stored(result.tag, output=world["root"] / "evaluate-ml")  # `python -m training evaluate`
+    assert report["metrics"]["test"]["map"] == pytest.approx(again["map"])
+    assert (world["root"] / "evaluate-ml" / "pr_curves.png").is_file()
+    assert "mAP" in format_summary(report)
 
 
 def test_hierarchical_model_in_the_store(world):

@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save the ImageNet classifier itself to the store under NAME")  # fmt: skip
 
     p = sub.add_parser(
+        "make-mosaic",
+        help="build the Fashion-MNIST mosaic multi-label dataset",
+        description="Write 2x2 mosaics of Fashion-MNIST garments (labels: the classes shown) and a CSV manifest.",
+    )
+    p.add_argument("--out", type=Path, default=Path("data/fashion-mosaic"), help="output folder")
+    p.add_argument("--train", type=int, default=12000, help="training mosaics (validation is carved from them)")
+    p.add_argument("--test", type=int, default=2000, help="test mosaics (from the test images)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser(
         "search",
         help="hyper-parameter search with Optuna",
         description="Search learning rate, weight decay, augmentation and more with Optuna.",
@@ -144,6 +154,13 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_mosaic(args: argparse.Namespace) -> int:
+    from .mosaic import make_mosaics
+
+    print(make_mosaics(args.out, args.train, args.test, args.seed))
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import run_search
 
@@ -164,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "import-weights": cmd_import_weights,
-                "search": cmd_search}  # fmt: skip
+                "search": cmd_search, "make-mosaic": cmd_make_mosaic}  # fmt: skip
     try:
         return handlers[args.command](args)
     except ValidationError as exc:

@@ -35,7 +35,8 @@ def run_search(
     timeout: float | None = None,
     best_config: Path | None = None,
 ) -> dict[str, Any]:
-    """Run ``trials`` trainings (not saved to the store), pruning poor ones by validation accuracy.
+    """Run ``trials`` trainings (not saved to the store), pruning poor ones by validation accuracy (mAP
+    for multi-label data).
 
     Writes the best trial's full config as YAML (train it with ``train --config``) and returns a
     summary: best value, params, config path and every trial's outcome.
@@ -58,12 +59,14 @@ def run_search(
         configs[trial.number] = cfg
 
         def report(record: dict[str, Any]) -> None:
-            trial.report(record["val_acc"], record["epoch"])
+            key = "val_map" if "val_map" in record else "val_acc"
+            trial.report(record[key], record["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"val_acc {record['val_acc']:.4f} at epoch {record['epoch']}")
+                raise optuna.TrialPruned(f"{key} {record[key]:.4f} at epoch {record['epoch']}")
 
         result = train(cfg, on_epoch_end=report)
-        return float(result.metrics["val"]["accuracy"])
+        val = result.metrics["val"]
+        return float(val["map"] if "map" in val else val["accuracy"])
 
     study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
     best = study.best_trial
@@ -71,7 +74,7 @@ def run_search(
                                                      "save": True})  # fmt: skip
     path = best_config or search_dir / "best.yaml"
     save_config(winner, path)
-    log.info("best trial %d: val_acc %.4f %s -> %s", best.number, best.value, best.params, path)
+    log.info("best trial %d: validation %.4f %s -> %s", best.number, best.value, best.params, path)
     return {
         "best_value": best.value,
         "best_params": best.params,
