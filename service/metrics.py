@@ -59,8 +59,10 @@ def observe_batch(size: int, queue_seconds: float, infer_seconds: float) -> None
     INFERENCE_SECONDS.observe(infer_seconds)
 
 
-def observe_prediction(model: str, label: str, score: float, low_threshold: float) -> None:
-    PREDICTIONS.labels(model, label).inc()
+def observe_prediction(model: str, labels: list[str], score: float, low_threshold: float) -> None:
+    """One answered image: its predicted class (multi-label: each predicted label) and its top score."""
+    for label in labels:
+        PREDICTIONS.labels(model, label).inc()
     CONFIDENCE.labels(model).observe(score)
     if score < low_threshold:
         LOW_CONFIDENCE.labels(model).inc()

@@ -271,8 +271,11 @@ class ServingState:
 
     async def _submit(self, served: Served, x: np.ndarray) -> np.ndarray:
         probs = await served.batcher.submit(x)
+        clf = served.classifier
         top = int(np.argmax(probs))
-        metrics.observe_prediction(served.classifier.tag, served.classifier.classes[top], float(probs[top]),
+        # Multi-label: every label at/above its threshold is a prediction; the confidence is the top score.
+        predicted = np.flatnonzero(clf.task.decisions(probs[None])[0]) if clf.task.multilabel else [top]
+        metrics.observe_prediction(clf.tag, [clf.classes[i] for i in predicted], float(probs[top]),
                                    self.settings.low_confidence)  # fmt: skip
         return probs
 
