@@ -105,7 +105,8 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
             raise Overloaded(f"more than {state.settings.max_concurrency} requests in flight on this worker; retry")
         in_flight["n"] += 1
         try:
-            return await coro_fn(state, *args)
+            with state.arriving():
+                return await coro_fn(state, *args)
         finally:
             in_flight["n"] -= 1
 

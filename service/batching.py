@@ -4,8 +4,10 @@ requests share inference batches.
 Batches form adaptively. While the runtime is busy with one batch, arriving images queue and all
 go together (up to ``max_batch_size``) the moment it is free: under load batches grow by themselves
 at no latency cost. When the runtime is idle, the first image waits at most ``max_latency_ms`` for
-company (0: go at once). Nothing is dropped for being late: the HTTP edge bounds the queue with
-429s (``max_concurrency``) instead.
+company (0: go at once), and only while company is on its way: callers count the images they are
+still decoding in ``coming`` and the requests not yet parsed in ``also_coming()``, so a lone request
+never waits for nobody. Nothing is dropped for being late: the HTTP edge bounds the queue with 429s
+(``max_concurrency``) instead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.coming = 0  # images being decoded that will be submitted soon
+        self.also_coming: Callable[[], int] = lambda: 0  # e.g. requests still being received
 
     def _ensure_started(self) -> asyncio.Queue[_Item]:
         if self._queue is None or self._task is None or self._task.done():
@@ -83,8 +87,8 @@ class MicroBatcher:
                     break
                 busy = running is not None and not running.done()
                 timeout = None if busy else deadline - time.perf_counter()
-                if timeout is not None and timeout <= 0:
-                    break
+                if timeout is not None and (timeout <= 0 or not (self.coming or self.also_coming())):
+                    break  # idle, and the wait is over or nobody else is on the way
                 getter = getter or asyncio.ensure_future(queue.get())
                 waiting = {getter, running} if busy else {getter}
                 done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

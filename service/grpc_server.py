@@ -127,7 +127,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         if not self.state.ready:
             raise NotReady("the model is still loading; retry shortly")
-        resp = await oip.infer(self.state, from_proto(request))
+        with self.state.arriving():
+            resp = await oip.infer(self.state, from_proto(request))
         return to_proto(resp)
 
 

@@ -62,9 +62,11 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
     @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
     async def infer(name: str, request: Request, version: str = "") -> Response:
         state = get_state()
-        body = await read_body(request, state.settings.grpc_max_message_bytes)
-        req = parse_request(name, version, body, request.headers.get(HEADER))
-        return encode_response(await oip.infer(state, req), req)
+        with state.arriving():
+            body = await read_body(request, state.settings.grpc_max_message_bytes)
+            req = parse_request(name, version, body, request.headers.get(HEADER))
+            resp = await oip.infer(state, req)
+        return encode_response(resp, req)
 
     return router
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from .results import Answer, ClassifyQuery, answer, check_query
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+_ARRIVAL: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("imgclf_arrival")
 
 
 def newest_tag(model_name: str) -> str:
@@ -56,8 +58,9 @@ def candidate_tags(settings: Settings, registry: Registry | None) -> list[str]:
 
 
 def resolve_tag(settings: Settings) -> str:
-    """The version a registry-less caller (benchmarks) serves: the pinned tag, else the newest version."""
-    return candidate_tags(settings, None)[0]
+    """The version a server started with ``settings`` would serve (benchmarks measure that one): the pinned
+    tag, else the registry's champion, else the newest version."""
+    return candidate_tags(settings, Registry(settings.database_url, settings.database_timeout_seconds))[0]
 
 
 @dataclass
@@ -101,6 +104,7 @@ class ServingState:
         self._failed: str | None = None
         self._watcher: threading.Thread | None = None
         self.tasks: list[Callable[[], object]] = []  # run on every poll (job sweeps, metrics)
+        self._arriving = 0  # requests taken by the edge whose images are not yet with the batcher
 
     def load(self) -> None:
         """Serve the first candidate that loads (a damaged version must not keep the service down)."""
@@ -126,7 +130,30 @@ class ServingState:
         clf = load_classifier(tag, self.settings)
         batcher = MicroBatcher(clf.infer, self.settings.max_batch_size, self.settings.max_latency_ms,
                                on_batch=metrics.observe_batch)  # fmt: skip
+        batcher.also_coming = lambda: self._arriving
         return Served(clf, batcher)
+
+    # ------------------------------------------------------------ arrivals (what an idle batcher waits for)
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request from the moment the edge takes it: until its images are known (or it ends),
+        an idle batcher holding other images waits for it (up to ``max_latency_ms``)."""
+        cell = [True]
+        token = _ARRIVAL.set(cell)
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            _ARRIVAL.reset(token)
+            if cell[0]:
+                self._arriving -= 1
+
+    def _arrived(self) -> None:
+        """This request's images are now counted by the batcher (or submitted): stop counting the request."""
+        cell = _ARRIVAL.get(None)
+        if cell is not None and cell[0]:
+            cell[0] = False
+            self._arriving -= 1
 
     def _swap(self, new: Served) -> None:
         old, self.served = self.served, new
@@ -249,6 +276,7 @@ class ServingState:
                 raise InvalidInput(f"preprocessed input must have shape [N, {c}, {h}, {w}], got "
                                    f"{list(batch.shape)}", reason="bad_shape")  # fmt: skip
             metrics.IMAGES.labels(endpoint).inc(len(batch))
+            self._arrived()
             rows = await asyncio.gather(*(self._submit(served, x) for x in batch.astype(np.float32, copy=False)))
             return clf, np.stack(rows)
 
@@ -265,8 +293,12 @@ class ServingState:
                 metrics.REJECTED.labels(endpoint, err.reason).inc()
                 err.counted = True
                 return err
+            finally:
+                served.batcher.coming -= 1  # in the same step as the submit below: never a gap
             return await self._submit(served, x)
 
+        served.batcher.coming += len(images)
+        self._arrived()
         return list(await asyncio.gather(*(one(d) for d in images)))
 
     async def _submit(self, served: Served, x: np.ndarray) -> np.ndarray:

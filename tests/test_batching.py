@@ -107,3 +107,32 @@ def test_images_arriving_while_the_runtime_is_busy_go_together():
 
     assert len(asyncio.run(main())) == 10
     assert sizes == [1, 10]
+
+
+def test_an_idle_batcher_waits_only_for_images_on_their_way():
+    sizes = []
+
+    def infer(batch):
+        sizes.append(len(batch))
+        return batch
+
+    async def main():
+        b = MicroBatcher(infer, max_batch_size=8, max_latency_ms=2000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await b.submit(np.zeros(2, np.float32))  # nobody else is coming: no 2 s wait
+        alone = loop.time() - start
+
+        async def late(delay: float):
+            b.coming += 1  # decoding, say
+            await asyncio.sleep(delay)
+            b.coming -= 1
+            return await b.submit(np.ones(2, np.float32))
+
+        await asyncio.gather(b.submit(np.zeros(2, np.float32)), late(0.05))  # the first waits for the second
+        await b.close()
+        return alone
+
+    alone = asyncio.run(main())
+    assert alone < 0.5
+    assert sizes == [1, 2]

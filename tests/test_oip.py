@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -198,7 +200,7 @@ def test_http_v2_errors_and_json_infer(oip_server):
 
 @pytest.mark.slow
 def test_grpc_and_http_requests_share_batches(oip_server):
-    """With a 300 ms window, one gRPC and one HTTP image sent together go through one inference batch."""
+    """An idle batcher holds a gRPC image while an HTTP request is still arriving (300 ms window): one batch."""
     srv, tag = oip_server
     name = tag.split(":")[0]
 
@@ -208,12 +210,26 @@ def test_grpc_and_http_requests_share_batches(oip_server):
                    if line.startswith("imgclf_inference_batch_size_count"))  # fmt: skip
 
     grpc_client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+    http_client = httpx.Client(timeout=30)
+    image = images()[1]
+    started = threading.Event()
+
+    def slow_body():
+        yield image[:10]
+        started.set()
+        time.sleep(0.15)  # the gRPC image reaches the batcher meanwhile
+        yield image[10:]
 
     def both() -> None:
+        started.clear()
         with ThreadPoolExecutor(2) as pool:
-            sent = [pool.submit(grpc_client.infer, name, [bytes_input(tgrpc, images()[:1])]),
-                    pool.submit(httpx.post, srv.base + "/classify", files={"image": ("x", images()[1])})]  # fmt: skip
-            assert sent[1].result().status_code == 200 and sent[0].result().as_numpy("probabilities").shape == (1, 3)
+            http = pool.submit(http_client.post, srv.base + "/classify", content=slow_body(),
+                               headers={"Content-Type": "image/png"})  # fmt: skip
+            assert started.wait(10)
+            time.sleep(0.03)  # the HTTP request is in the server's hands
+            grpc = pool.submit(grpc_client.infer, name, [bytes_input(tgrpc, images()[:1])])
+            assert http.result().status_code == 200, http.result().text
+            assert grpc.result().as_numpy("probabilities").shape == (1, 3)
 
     both()  # warm both paths up
     before = batches()
