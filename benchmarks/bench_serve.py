@@ -52,9 +52,9 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
     return out
 
 
-def in_process(model: str, runtime: str, images: list[bytes], batch: int, seconds: float) -> float:
-    clf = load_classifier(resolve_tag(Settings(model_name=model)), Settings(model_name=model, runtime=runtime,
-                                                                             max_batch_size=batch))  # fmt: skip
+def in_process(tag: str, runtime: str, images: list[bytes], batch: int, seconds: float) -> float:
+    model = tag.split(":")[0]
+    clf = load_classifier(tag, Settings(model_name=model, runtime=runtime, max_batch_size=batch))
     pool = ThreadPoolExecutor(2)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -64,9 +64,10 @@ def in_process(model: str, runtime: str, images: list[bytes], batch: int, second
     return n / (time.perf_counter() - start)
 
 
-def start_server(model: str, runtime: str, batch: int, latency_ms: float, log: Path) -> Server:
-    env = dict(IMGCLF_MODEL_NAME=model, IMGCLF_RUNTIME=runtime, IMGCLF_MAX_BATCH_SIZE=str(batch),
-               IMGCLF_MAX_LATENCY_MS=str(latency_ms), IMGCLF_ACCESS_LOG="false")  # fmt: skip
+def start_server(tag: str, runtime: str, batch: int, latency_ms: float, workers: int, log: Path) -> Server:
+    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_MODEL_TAG=tag, IMGCLF_RUNTIME=runtime,
+               IMGCLF_MAX_BATCH_SIZE=str(batch), IMGCLF_MAX_LATENCY_MS=str(latency_ms), IMGCLF_ACCESS_LOG="false",
+               IMGCLF_WORKERS=str(workers))  # fmt: skip
     return Server(env, log).start(timeout=300)
 
 
@@ -125,10 +126,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--latency-ms", type=float, default=5)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server workers (default: one a core)")
     args = p.parse_args()
     for model in args.model or ["fashion-cnn"]:
         settings = Settings(model_name=model, runtime="auto", max_batch_size=args.batch)
-        clf = load_classifier(resolve_tag(settings), settings)
+        tag = resolve_tag(settings)  # the champion: what a server serves (and is pinned below)
+        clf = load_classifier(tag, settings)
         best = clf.runtime.name
         pp = clf.stored.preprocessing
         images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)
@@ -136,12 +139,13 @@ def main() -> None:
         print("runtime candidates:", {k: v.get("img_per_s", v.get("refused")) for k, v in
                                       clf.runtime_report["candidates"].items()})  # fmt: skip
         del clf
-        ceiling = in_process(model, best, images, args.batch, args.seconds)
-        eager_ceiling = in_process(model, "torch", images, args.batch, args.seconds)
+        ceiling = in_process(tag, best, images, args.batch, args.seconds)
+        eager_ceiling = in_process(tag, "torch", images, args.batch, args.seconds)
         print(f"in-process ceiling ({best}): {ceiling:8.1f} img/s   eager torch: {eager_ceiling:8.1f} img/s")
         rows = {}
         for runtime in (best, "torch"):
-            server = start_server(model, runtime, args.batch, args.latency_ms, Path(tempfile.mkdtemp()) / "serve.log")
+            log = Path(tempfile.mkdtemp()) / "serve.log"
+            server = start_server(tag, runtime, args.batch, args.latency_ms, args.workers, log)
             base = server.base
             try:
                 for c in args.concurrency:
@@ -151,6 +155,10 @@ def main() -> None:
                         rows[(runtime, c)] = asyncio.run(drive(base, images, c, args.seconds))
             finally:
                 server.stop()
+        print(
+            f"HTTP: {args.workers} worker(s), one image per request (p99 from wrk includes its correction for "
+            "coordinated omission)"
+        )
         print(f"{'runtime':<14} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
         for (runtime, c), r in rows.items():
             print(f"{runtime:<14} {c:>4} {r['img_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "

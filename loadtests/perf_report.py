@@ -78,16 +78,18 @@ def main() -> None:
     from service.settings import Settings
 
     settings = Settings(model_name=args.model, runtime="auto", max_batch_size=args.batch)
-    clf = load_classifier(resolve_tag(settings), settings)
+    tag = resolve_tag(settings)  # the champion, pinned for every server below
+    clf = load_classifier(tag, settings)
     best, pp = clf.runtime.name, clf.stored.preprocessing
     images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)
     report: dict = {"model": clf.tag, "architecture": clf.stored.metadata["architecture"], "input": pp.input_size,
                     "auto": best, "candidates": clf.runtime_report["candidates"], "runtimes": {}}  # fmt: skip
     del clf
     for runtime in dict.fromkeys(["torch", best]):
-        entry: dict = {"ceiling": in_process(args.model, runtime, images, args.batch, 10), "http": {}, "grpc": {}}
+        entry: dict = {"ceiling": in_process(tag, runtime, images, args.batch, 10), "http": {}, "grpc": {}}
         print(f"{runtime}: in-process ceiling {entry['ceiling']:.1f} img/s", flush=True)
-        env = dict(IMGCLF_MODEL_NAME=args.model, IMGCLF_RUNTIME=runtime, IMGCLF_WORKERS=str(args.workers),
+        env = dict(IMGCLF_MODEL_NAME=args.model, IMGCLF_MODEL_TAG=tag, IMGCLF_RUNTIME=runtime,
+                   IMGCLF_WORKERS=str(args.workers),
                    IMGCLF_MAX_BATCH_SIZE=str(args.batch), IMGCLF_MAX_LATENCY_MS=str(args.latency_ms),
                    IMGCLF_ACCESS_LOG="false")  # fmt: skip
         work = Path(tempfile.mkdtemp(prefix="imgclf-perf-"))
