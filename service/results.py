@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,7 +31,6 @@ class Answer:
     predictions: list[dict]
     labels: list[str] | None = None  # multi-label: the labels at or above their thresholds
     level: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def check_query(spec: TaskSpec, query: ClassifyQuery, default_k: int) -> ClassifyQuery:

@@ -150,15 +150,3 @@ class Taxonomy:
     def to_json(self) -> dict[str, str]:
         """child -> parent, ``""`` for a top-level node (the model store's metadata cannot hold None)."""
         return {node: parent or "" for node, parent in self.parents.items()}
-
-
-def ancestor_scores(probs: np.ndarray, leaves: Sequence[str], taxonomy: Taxonomy) -> list[dict[str, float]]:
-    """Per row of leaf probabilities: every node's probability (its leaves' sum)."""
-    out = []
-    for row in probs:
-        scores: dict[str, float] = {}
-        for leaf, p in zip(leaves, row, strict=True):
-            for node in taxonomy.path(leaf):
-                scores[node] = scores.get(node, 0.0) + float(p)
-        out.append(scores)
-    return out
