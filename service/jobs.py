@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +43,12 @@ def describe_exit(code: int) -> str:
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit status {code}"
+
+
+def proc_state(proc: Path) -> str:
+    """The one-letter state of a process from ``/proc/PID/stat`` (R, S, D, Z, ...)."""
+    stat = (proc / "stat").read_text()
+    return stat[stat.rindex(")") + 2]  # the command name in parentheses may itself hold spaces or ")"
 
 
 class LocalBackend:
@@ -85,8 +92,13 @@ class LocalBackend:
             return None
         if job.get("host") != self.host:
             return None
+        proc = Path(f"/proc/{job['pid']}")
         try:
-            cmdline = Path(f"/proc/{job['pid']}/cmdline").read_bytes()
+            if proc_state(proc) == "Z":
+                # exited, but the worker that started it has yet to collect its exit status: that worker's
+                # reaper says how it ended (a zombie's cmdline reads empty, so it must not count as gone)
+                return True
+            cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             return False
         return job["id"].encode() in cmdline  # not a recycled pid
@@ -178,21 +190,36 @@ def make_backend(settings: Settings, registry: Registry) -> Backend:
     )
 
 
-def sweep(registry: Registry, backend: Backend, stale_seconds: float) -> list[str]:
-    """Fail active jobs whose process is gone (or silent for ``stale_seconds``); returns their ids."""
-    failed = []
+def sweep(registry: Registry, backend: Backend, stale_seconds: float, grace: float = 1.0) -> list[str]:
+    """Fail active jobs whose process is gone (or silent for ``stale_seconds``); returns their ids.
+
+    A job whose process has just gone is failed only after ``grace`` seconds: the worker that started
+    it may be about to record how it ended (exit status or signal), which says more than "gone".
+    """
+    failed, gone = [], []
     for job in registry.jobs(limit=200):
         if job["status"] not in ACTIVE:
             continue
         alive = backend.alive(job)
         reason = None
         if alive is False:
-            reason = "its training process is gone (killed, crashed, or lost with a restart)"
+            gone.append(job["id"])
         elif alive is None:
             last = dt.datetime.fromisoformat(job.get("heartbeat_at") or job["created_at"])
             if (now() - last).total_seconds() > stale_seconds:
                 reason = f"no sign of life for over {stale_seconds:.0f} s"
-        if reason and registry.finish_job(job["id"], "failed", error=f"job failed: {reason}"):
-            log.error("job %s failed: %s", job["id"], reason)
+        if reason and _fail(registry, job["id"], reason):
             failed.append(job["id"])
+    if gone:
+        time.sleep(grace)
+        reason = "its training process is gone (killed, crashed, or lost with a restart)"
+        failed += [job_id for job_id in gone if _fail(registry, job_id, reason)]
     return failed
+
+
+def _fail(registry: Registry, job_id: str, reason: str) -> bool:
+    """Fail an active job; False when it has ended meanwhile (its own record of how wins)."""
+    if registry.finish_job(job_id, "failed", error=f"job failed: {reason}"):
+        log.error("job %s failed: %s", job_id, reason)
+        return True
+    return False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from service.jobs import KubernetesBackend, LocalBackend, describe_exit, sweep
+from service.jobs import KubernetesBackend, LocalBackend, describe_exit, proc_state, sweep
 from service.registry import Registry
 from service.settings import Settings
 
@@ -38,11 +40,30 @@ def test_sweep_fails_jobs_whose_process_is_gone(tmp_path):
     elsewhere = registry.create_job("o", "local", {}, {})
     registry.start_job(elsewhere["id"], pid=1, host="another-host")  # cannot tell; heartbeat is recent
     assert backend.alive(registry.job(gone["id"])) is False
-    assert set(sweep(registry, backend, stale_seconds=3600)) == {gone["id"], alive["id"]}
+    assert set(sweep(registry, backend, stale_seconds=3600, grace=0)) == {gone["id"], alive["id"]}
     assert registry.job(gone["id"])["status"] == "failed"
     assert "process is gone" in registry.job(gone["id"])["error"]
     assert registry.job(elsewhere["id"])["status"] == "running"
-    assert sweep(registry, backend, stale_seconds=0) == [elsewhere["id"]]  # silent too long
+    assert sweep(registry, backend, stale_seconds=0, grace=0) == [elsewhere["id"]]  # silent too long
+
+
+def test_a_killed_job_is_reported_by_its_reaper_not_as_gone(tmp_path):
+    """A process that has exited but is not yet reaped (a zombie) is not "gone": its parent says how it ended."""
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    backend = LocalBackend(Settings(jobs_dir=tmp_path), registry)
+    job = registry.create_job("m", "local", {}, {})
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(60)  # {job['id']}"])
+    registry.start_job(job["id"], pid=proc.pid, host=backend.host)
+    assert backend.alive(registry.job(job["id"])) is True
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while proc_state(Path(f"/proc/{proc.pid}")) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.alive(registry.job(job["id"])) is True  # a zombie: killed, not yet reaped
+    assert sweep(registry, backend, stale_seconds=3600, grace=0) == []
+    backend._reap(job["id"], proc)
+    assert registry.job(job["id"])["status"] == "failed" and "SIGKILL" in registry.job(job["id"])["error"]
+    assert backend.alive(registry.job(job["id"])) is False
 
 
 def test_exit_codes_are_described():
