@@ -146,16 +146,30 @@ def test_a_failed_model_write_leaves_nothing_in_the_store(trained_model, monkeyp
 
 
 def test_over_the_concurrency_limit_is_a_429_and_cors_is_off(trained_model, tmp_path):
-    server = serve(trained_model, tmp_path, IMGCLF_MAX_CONCURRENCY="2", IMGCLF_MAX_LATENCY_MS="1500",
-                   IMGCLF_MAX_BATCH_SIZE="64")  # fmt: skip
+    server = serve(trained_model, tmp_path, IMGCLF_MAX_CONCURRENCY="2")
     try:
-        with ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(lambda _: httpx.post(server.base + "/classify", files={"image": ("x", IMAGE)},
-                                                         timeout=60), range(12)))  # fmt: skip
-        codes = Counter(r.status_code for r in answers)
-        assert codes[429] >= 1 and set(codes) <= {200, 429}, codes
-        limited = next(r for r in answers if r.status_code == 429)
+        # two uploads held half-sent fill both slots (a request is in flight from its first body byte)
+        release, holding = threading.Event(), threading.Semaphore(0)
+
+        def held_body():
+            yield IMAGE[:10]
+            holding.release()
+            release.wait(30)
+            yield IMAGE[10:]
+
+        def held() -> httpx.Response:
+            return httpx.post(server.base + "/classify", content=held_body(), headers={"Content-Type": "image/png"},
+                              timeout=60)  # fmt: skip
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = [pool.submit(held) for _ in range(2)]
+            for _ in slow:
+                assert holding.acquire(timeout=10)
+            limited = wait_for_429(server.base)
+            release.set()
+            assert [r.result().status_code for r in slow] == [200, 200]
         assert limited.headers["Retry-After"] and "in flight" in limited.json()["error"]
+        assert classify(server.base) == 200  # a slot is free again
         asking = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
         preflight = httpx.options(server.base + "/classify", headers=asking)
         assert "access-control-allow-origin" not in preflight.headers
@@ -163,6 +177,17 @@ def test_over_the_concurrency_limit_is_a_429_and_cors_is_off(trained_model, tmp_
         assert "access-control-allow-origin" not in plain.headers
     finally:
         server.stop()
+
+
+def wait_for_429(base: str, timeout: float = 10) -> httpx.Response:
+    """The held requests reach the endpoint a moment after their first bytes: ask until the limit answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.post(base + "/classify", files={"image": ("x", IMAGE)}, timeout=30)
+        if r.status_code == 429 or time.monotonic() > deadline:
+            assert r.status_code == 429, (r.status_code, r.text)
+            return r
+        time.sleep(0.05)
 
 
 def test_no_outbound_connection_at_start_up_or_for_requests(trained_model, tmp_path):
