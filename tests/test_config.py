@@ -33,7 +33,7 @@ def test_parse_override_types():
 @pytest.mark.parametrize(
     "dotted",
     [["epochs=0"], ["optim.lr=-1"], ["unknown=1"], ["data.balance=maybe"], ["optim.freeze_epochs=10", "epochs=5"],
-     ["name=Has Spaces"]],
+     ["name=Has Spaces"], ["optim.freeze_bn_stats=true"]],
 )  # fmt: skip
 def test_invalid_values_are_refused(dotted):
     with pytest.raises(ValidationError):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.models import ModelError, ScratchCNN, build_model, model_kwargs, set_backbone_trainable
+from training.models import ModelError, ScratchCNN, build_model, model_kwargs, set_backbone_trainable, train_mode
 
 
 def test_scratch_cnn_shapes():
@@ -18,6 +18,25 @@ def test_timm_model_by_name_and_freezing():
     assert trainable == {"fc.weight", "fc.bias"}
     set_backbone_trainable(m, True)
     assert all(p.requires_grad for p in m.parameters())
+
+
+def test_batch_norm_statistics_are_kept_when_frozen_or_asked():
+    m = build_model("resnet10t", **model_kwargs("resnet10t", 4, 3))
+    before = {n: b.clone() for n, b in m.named_buffers() if "running" in n}
+
+    def stats_moved() -> bool:
+        with torch.no_grad():
+            m(torch.randn(4, 3, 32, 32) * 3 + 1)
+        return any(not torch.equal(before[n], b) for n, b in m.named_buffers() if n in before)
+
+    train_mode(m, keep_bn_stats=True)
+    assert m.training and not stats_moved()  # dropout etc. train; every batch norm keeps its statistics
+    set_backbone_trainable(m, False)
+    train_mode(m)
+    assert not stats_moved()  # a frozen backbone keeps them too
+    set_backbone_trainable(m, True)
+    train_mode(m)
+    assert stats_moved()
 
 
 def test_unknown_model_is_a_clear_error():

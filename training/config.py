@@ -103,6 +103,11 @@ class OptimConfig(_Section):
     ema_decay: float = Field(0.999, gt=0, lt=1)
     freeze_epochs: int = Field(0, ge=0, description="Fine-tuning: epochs training only the head.")
     unfreeze_lr_scale: float = Field(0.1, gt=0, le=1, description="LR factor once the backbone unfreezes.")
+    freeze_bn_stats: bool = Field(
+        False,
+        description="Fine-tuning: keep the pretrained BatchNorm statistics (small or narrow datasets, e.g. "
+        "grey images, can shrink a channel's variance until bf16/int8 inference no longer agrees with fp32).",
+    )
 
 
 class MultiLabelConfig(_Section):
@@ -149,6 +154,11 @@ class TrainConfig(_Section):
             raise ValueError("data.val_fraction + data.test_fraction must be below 0.8")
         if self.optim.freeze_epochs >= self.epochs and self.optim.freeze_epochs > 0:
             raise ValueError(f"optim.freeze_epochs ({self.optim.freeze_epochs}) must be below epochs ({self.epochs})")
+        if self.optim.freeze_bn_stats and not (self.model.pretrained or self.model.weights_file):
+            raise ValueError(
+                "optim.freeze_bn_stats keeps pretrained BatchNorm statistics, but the model starts from "
+                "scratch: set model.pretrained or model.weights_file, or leave freeze_bn_stats off"
+            )
         return self
 
     @property

@@ -67,12 +67,14 @@ def train_one_epoch(
     deadline: float | None = None,
     desc: str = "train",
     progress: bool = True,
+    keep_bn_stats: bool = False,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss, accuracy (on hard labels) and images/s.
 
-    ``deadline`` (a ``time.monotonic()`` value) ends the epoch early, for time-boxed runs.
+    ``deadline`` (a ``time.monotonic()`` value) ends the epoch early, for time-boxed runs;
+    ``keep_bn_stats`` leaves every batch norm's running statistics as they are.
     """
-    train_mode(model)
+    train_mode(model, keep_bn_stats)
     total_loss = correct = seen = 0.0
     start = time.perf_counter()
     for x, y in _progress(loader, len(loader), desc, progress):

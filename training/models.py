@@ -139,14 +139,15 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
         p.requires_grad = trainable or id(p) in head
 
 
-def train_mode(model: nn.Module) -> nn.Module:
-    """``model.train()``, except batch norms whose weights are frozen keep their running statistics.
+def train_mode(model: nn.Module, keep_bn_stats: bool = False) -> nn.Module:
+    """``model.train()``, except batch norms whose weights are frozen (or all, ``keep_bn_stats``) keep their
+    running statistics.
 
     Fine-tuning a frozen backbone must not re-estimate its ImageNet statistics from a few small batches.
     """
     model.train()
     for module in model.modules():
-        frozen = getattr(module, "weight", None) is not None and not module.weight.requires_grad
+        frozen = keep_bn_stats or (getattr(module, "weight", None) is not None and not module.weight.requires_grad)
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
             module.eval()
     return model

@@ -187,6 +187,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
             model, train_loader, optimizer, loss_fn, rt, scaler=scaler, mixup=mixup,
             clip_grad=cfg.optim.clip_grad, ema=ema, on_step=StepCounter(scheduler, step_base),
             deadline=deadline, desc=f"epoch {epoch}/{cfg.epochs}", progress=info.is_main,
+            keep_bn_stats=cfg.optim.freeze_bn_stats,
         )  # fmt: skip
         record: dict[str, Any] = {"epoch": epoch, "loss": stats["loss"], "acc": stats["acc"],
                                   "img_per_s": stats["img_per_s"], "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
