@@ -64,15 +64,16 @@ class Classifier:
 
 
 # ---------------------------------------------------------------- loading and runtime choice
-def _calibration_batches(stored: StoredModel, transform, limit: int, batch: int = 32) -> list[np.ndarray]:
-    """Preprocessed images from the model's recorded test split (for agreement and int8 calibration)."""
+def _split_batches(stored: StoredModel, transform, split: str, limit: int, batch: int = 32) -> list[np.ndarray]:
+    """Preprocessed images from one split the model recorded: ``test`` to measure agreement on, ``val`` to
+    calibrate int8 on (so the agreement is not measured on the images the quantiser was fitted to)."""
     record = stored.split()
-    if not record or not record.get("test"):
+    if not record or not record.get(split):
         return []
     source = record["source"]
     load = KeyLoader(stored.preprocessing.channels,
                      source.split(":", 1)[1] if source.startswith(FASHION_MNIST + ":") else None)  # fmt: skip
-    keys = [k for k, _ in record["test"]][:limit]
+    keys = [k for k, _ in record[split]][:limit]
     images = []
     for key in keys:
         try:
@@ -111,7 +112,8 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     """
     task = TaskSpec.from_metadata(stored.metadata)
     transform = EvalPreprocessor(stored.preprocessing)
-    batches = _calibration_batches(stored, transform, settings.agreement_samples)
+    batches = _split_batches(stored, transform, "test", settings.agreement_samples)
+    calibration = _split_batches(stored, transform, "val", settings.agreement_samples) or batches
     cache_file = export_dir(stored) / "runtimes.json"
     cache = _read_cache(cache_file)
     if settings.runtime != "auto":
@@ -127,7 +129,7 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
         try:
             if name in REDUCED_PRECISION and not batches:
                 raise ValueError("no recorded test split to measure agreement on")
-            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(batches))
+            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(calibration))
             if name in REDUCED_PRECISION:
                 if name in cache and "agreement" in cache[name]:
                     entry["agreement"] = cache[name]["agreement"]
