@@ -251,7 +251,10 @@ def test_locust_grpc_user_runs_clean(oip_server, tmp_path):
     cmd = [sys.executable, "-m", "locust", "-f", locustfile, "OipGrpcUser", "--host", srv.base, "--headless",
            "-u", "4", "-r", "4", "-t", "4s", "--csv", str(tmp_path / "run")]  # fmt: skip
     env = dict(srv.env, GRPC_TARGET=f"127.0.0.1:{srv.grpc_port}")
-    subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    said = proc.stderr[-3000:]
+    assert (tmp_path / "run_stats.csv").is_file(), said
     with open(tmp_path / "run_stats.csv") as fh:
         total = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
-    assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0, total
+    failures = (tmp_path / "run_failures.csv").read_text() if (tmp_path / "run_failures.csv").is_file() else ""
+    assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0, (total, failures, said)
