@@ -25,6 +25,7 @@ from locust import HttpUser, User, between, constant_throughput, events, task
 from PIL import Image
 
 DEFAULT_MIX = {"classify": 6, "batch": 2, "json": 1, "grpc": 3, "ops": 1}
+GRPC_TIMEOUT_S = float(os.environ.get("GRPC_TIMEOUT_S", "30"))  # a call that hangs is a failure, not a stuck user
 FMNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 
 
@@ -135,7 +136,8 @@ class OipGrpcUser(User):
         outputs = [self.tgrpc.InferRequestedOutput("probabilities", class_count=class_count)]
         start, exc, size = time.perf_counter(), None, 0
         try:
-            size = self.client.infer(self.model, [inp], outputs=outputs).as_numpy("probabilities").nbytes
+            result = self.client.infer(self.model, [inp], outputs=outputs, client_timeout=GRPC_TIMEOUT_S)
+            size = result.as_numpy("probabilities").nbytes
         except Exception as err:  # noqa: BLE001 - reported as a failure
             exc = err
         elapsed_ms = (time.perf_counter() - start) * 1000

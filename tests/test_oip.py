@@ -250,9 +250,13 @@ def test_locust_grpc_user_runs_clean(oip_server, tmp_path):
     locustfile = str(ROOT / "loadtests" / "locustfile.py")
     cmd = [sys.executable, "-m", "locust", "-f", locustfile, "OipGrpcUser", "--host", srv.base, "--headless",
            "-u", "4", "-r", "4", "-t", "4s", "--csv", str(tmp_path / "run")]  # fmt: skip
-    env = dict(srv.env, GRPC_TARGET=f"127.0.0.1:{srv.grpc_port}")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    said = proc.stderr[-3000:]
+    env = dict(srv.env, GRPC_TARGET=f"127.0.0.1:{srv.grpc_port}", GRPC_TIMEOUT_S="10")
+    locust = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        said = locust.communicate(timeout=120)[1][-3000:]
+    except subprocess.TimeoutExpired:
+        locust.kill()
+        pytest.fail(f"Locust did not end a 4 s run in 120 s: {locust.communicate()[1][-3000:]}\n{srv.log()[-3000:]}")
     assert (tmp_path / "run_stats.csv").is_file(), said
     with open(tmp_path / "run_stats.csv") as fh:
         total = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
