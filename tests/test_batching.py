@@ -6,12 +6,22 @@ import pytest
 from service.batching import MicroBatcher
 
 
-def test_concurrent_submissions_share_a_batch():
-    sizes = []
+def recording(scale: float = 1.0, seconds: float = 0.0):
+    """An ``infer`` that records each batch's size (and takes ``seconds``), with the list it records into."""
+    import time
+
+    sizes: list[int] = []
 
     def infer(batch):
         sizes.append(len(batch))
-        return batch * 2
+        time.sleep(seconds)
+        return batch * scale
+
+    return sizes, infer
+
+
+def test_concurrent_submissions_share_a_batch():
+    sizes, infer = recording(scale=2)
 
     async def main():
         b = MicroBatcher(infer, max_batch_size=8, max_latency_ms=50)
@@ -25,11 +35,7 @@ def test_concurrent_submissions_share_a_batch():
 
 
 def test_batches_never_exceed_the_maximum():
-    sizes = []
-
-    def infer(batch):
-        sizes.append(len(batch))
-        return batch
+    sizes, infer = recording()
 
     async def main():
         b = MicroBatcher(infer, max_batch_size=4, max_latency_ms=20)
@@ -87,14 +93,7 @@ def test_order_is_preserved(n):
 
 
 def test_images_arriving_while_the_runtime_is_busy_go_together():
-    import time
-
-    sizes = []
-
-    def slow(batch):
-        sizes.append(len(batch))
-        time.sleep(0.2)
-        return batch
+    sizes, slow = recording(seconds=0.2)
 
     async def main():
         b = MicroBatcher(slow, max_batch_size=64, max_latency_ms=0)
@@ -110,11 +109,7 @@ def test_images_arriving_while_the_runtime_is_busy_go_together():
 
 
 def test_an_idle_batcher_waits_only_for_images_on_their_way():
-    sizes = []
-
-    def infer(batch):
-        sizes.append(len(batch))
-        return batch
+    sizes, infer = recording()
 
     async def main():
         b = MicroBatcher(infer, max_batch_size=8, max_latency_ms=2000)
