@@ -3,7 +3,7 @@
     python benchmarks/bench_serve.py --model fashion-cnn --model imagenet-lite0 [--seconds 15]
 
 For each model: (1) the in-process ceiling: decode + preprocess + the chosen runtime in a tight loop
-(preprocessing on two threads, as in the server); (2) `bentoml serve` with the best runtime, driven
+(preprocessing on a thread a core); (2) `bentoml serve` with the best runtime, driven
 over HTTP at concurrency 1, 8 and 32 (images/s, p50/p95/p99 ms); (3) the same with IMGCLF_RUNTIME=torch.
 The load generator is wrk (Debian's package; `make bench` installs it) when present, else an httpx client;
 either shares the machine's cores with the server.
@@ -55,7 +55,7 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
 def in_process(tag: str, runtime: str, images: list[bytes], batch: int, seconds: float) -> float:
     model = tag.split(":")[0]
     clf = load_classifier(tag, Settings(model_name=model, runtime=runtime, max_batch_size=batch))
-    pool = ThreadPoolExecutor(2)
+    pool = ThreadPoolExecutor(os.cpu_count() or 1)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         xs = list(pool.map(clf.preprocess, images[:batch]))

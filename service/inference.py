@@ -18,7 +18,15 @@ from training.store import StoredModel, load_model
 from training.tasks import TaskSpec
 from training.transforms import EvalPreprocessor
 
-from .runtimes import CPU_RUNTIMES, REDUCED_PRECISION, InferenceRuntime, build_runtime, export_dir, locked
+from .runtimes import (
+    CPU_RUNTIMES,
+    CUDA_RUNTIMES,
+    REDUCED_PRECISION,
+    InferenceRuntime,
+    build_runtime,
+    export_dir,
+    locked,
+)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,8 +126,8 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     cache = _read_cache(cache_file)
     if settings.runtime != "auto":
         candidates = [settings.runtime]
-    else:  # on a GPU machine the GPU; otherwise measure every CPU runtime
-        candidates = ["torch-cuda"] if torch.cuda.is_available() else list(CPU_RUNTIMES)
+    else:  # on a GPU machine the GPU runtimes; otherwise every CPU runtime
+        candidates = list(CUDA_RUNTIMES if torch.cuda.is_available() else CPU_RUNTIMES)
     reference = None
     report: dict = {"requested": settings.runtime, "candidates": {}}
     probe = np.random.default_rng(0).normal(size=(settings.max_batch_size, *_shape(stored))).astype(np.float32)

@@ -1,6 +1,7 @@
 """Inference runtimes behind one interface: ``runtime(batch NCHW float32) -> logits (N, C) float32``.
 
-torch eager (the baseline), torch bf16 + channels-last, ONNX Runtime, and OpenVINO (fp32, bf16, int8).
+torch eager (the baseline), torch bf16 + channels-last, ONNX Runtime, OpenVINO (fp32, bf16, int8), and on a
+GPU torch CUDA (fp32, fp16, bf16).
 Exported artefacts are cached per model version under ``$BENTOML_HOME/exports/<name>/<version>/``.
 """
 
@@ -24,8 +25,10 @@ from training.store import StoredModel
 log = logging.getLogger(__name__)
 
 CPU_RUNTIMES = ("torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8")
-ALL_RUNTIMES = (*CPU_RUNTIMES, "torch-cuda")
-REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "openvino-int8", "torch-cuda")
+CUDA_DTYPES = {"torch-cuda": torch.float32, "torch-cuda-fp16": torch.float16, "torch-cuda-bf16": torch.bfloat16}
+CUDA_RUNTIMES = tuple(CUDA_DTYPES)
+ALL_RUNTIMES = (*CPU_RUNTIMES, *CUDA_RUNTIMES)
+REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "openvino-int8", "torch-cuda-fp16", "torch-cuda-bf16")
 
 
 @dataclass
@@ -76,19 +79,25 @@ def torch_runtime(model: nn.Module, bf16: bool, threads: int) -> InferenceRuntim
     return InferenceRuntime("torch-bf16" if bf16 else "torch", run, {"channels_last": True})
 
 
-def cuda_runtime(model: nn.Module) -> InferenceRuntime:
-    """Batched CUDA inference: bf16 (fp16 where bf16 is missing), channels-last, pinned-memory copies."""
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    model = model.eval().cuda().to(memory_format=torch.channels_last)
+def cuda_runtime(model: nn.Module, name: str) -> InferenceRuntime:
+    """Batched CUDA inference: weights and inputs in the runtime's dtype, channels-last, pinned-memory copies.
+
+    torch-cuda means float32: TF32 is turned off for the process (it would round convolutions to 10 bits of
+    mantissa without the agreement check that fp16 and bf16 have to pass).
+    """
+    dtype = CUDA_DTYPES[name]
+    if dtype is torch.float32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model = model.eval().to("cuda", dtype=dtype, memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).pin_memory().cuda(non_blocking=True)
-        with torch.autocast("cuda", dtype=dtype):
-            logits = model(x.contiguous(memory_format=torch.channels_last))
+        x = torch.from_numpy(batch).pin_memory().to("cuda", non_blocking=True)
+        logits = model(x.to(dtype=dtype, memory_format=torch.channels_last))
         return logits.float().cpu().numpy()
 
-    return InferenceRuntime("torch-cuda", run, {"dtype": str(dtype), "device": torch.cuda.get_device_name()})
+    return InferenceRuntime(name, run, {"dtype": str(dtype), "device": torch.cuda.get_device_name()})
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -172,10 +181,12 @@ def build_runtime(name: str, stored: StoredModel, threads: int,
     """Build one runtime by name. Raises ValueError for a runtime this machine cannot run."""
     if name in ("torch-bf16", "openvino-bf16") and not bf16_supported():
         raise ValueError(f"{name} needs a CPU with bf16 support")
-    if name == "torch-cuda":
+    if name in CUDA_RUNTIMES:
         if not torch.cuda.is_available():
-            raise ValueError("torch-cuda needs a CUDA GPU")
-        return cuda_runtime(copy.deepcopy(stored.model))
+            raise ValueError(f"{name} needs a CUDA GPU")
+        if name == "torch-cuda-bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"{name} needs a GPU with bf16 support")
+        return cuda_runtime(copy.deepcopy(stored.model), name)
     if name == "torch":
         return torch_runtime(stored.model, bf16=False, threads=threads)
     if name == "torch-bf16":

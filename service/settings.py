@@ -11,7 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training._env import REPO_ROOT
 
-Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8", "torch-cuda"]
+Runtime = Literal[
+    "auto", "torch", "torch-bf16", "onnx", "openvino", "openvino-bf16", "openvino-int8",
+    "torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16",
+]  # fmt: skip
 
 
 class Settings(BaseSettings):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from service.inference import _split_batches
 from training.store import load_model
@@ -67,6 +68,16 @@ def named_int8_with_a_perfect_bar(tag: str) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def cuda_auto_choice(tag: str) -> dict[str, Any]:
+    from service.inference import choose_runtime
+    from service.settings import Settings
+
+    return choose_runtime(load_model(tag), Settings(model_name="x", max_batch_size=8), 1)[1]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 # ---------------------------------------------------------------- tests
 def test_the_recorded_splits_are_read_back_as_batches(trained_model):
     tag = trained_model[0]
@@ -78,9 +89,28 @@ def test_the_recorded_splits_are_read_back_as_batches(trained_model):
     assert not np.array_equal(batches["val"][0], batches["test"][0])
 
 
-@pytest.mark.parametrize("name", ["onnx", "openvino"])
+@pytest.mark.parametrize("name", ["onnx", "openvino", pytest.param("torch-cuda", marks=needs_cuda)])
 def test_fp32_runtimes_give_torch_s_scores(trained_model, name):
     assert in_child(fp32_max_difference, trained_model[0], name) < 1e-4
+
+
+@needs_cuda
+def test_auto_on_a_gpu_measures_the_cuda_runtimes_and_gates_fp16_and_bf16(trained_model):
+    report = in_child(cuda_auto_choice, trained_model[0])
+    assert set(report["candidates"]) == {"torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16"}
+    assert "agreement" not in report["candidates"]["torch-cuda"]
+    for name in ("torch-cuda-fp16", "torch-cuda-bf16"):
+        assert "agreement" in report["candidates"][name]
+    assert report["chosen"] in report["candidates"] and "refused" not in report["candidates"][report["chosen"]]
+
+
+def test_cuda_runtimes_are_refused_with_a_reason_without_a_gpu(trained_model):
+    from service.runtimes import build_runtime
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="torch-cuda-fp16 needs a CUDA GPU"):
+        build_runtime("torch-cuda-fp16", load_model(trained_model[0]), threads=1)
 
 
 def test_auto_measures_every_candidate_and_int8_is_calibrated_on_validation_images(trained_model):
