@@ -56,33 +56,42 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
     return out
 
 
-def _ceiling_worker(tag: str, runtime: str, images: list[bytes], batch: int, seconds: float, threads: int,
-                    ready) -> tuple[int, float]:  # fmt: skip
-    """One process of the ceiling: decode + preprocess + infer batches in a tight loop once all are ``ready``."""
-    clf = load_classifier(tag, Settings(model_name=tag.split(":")[0], runtime=runtime, max_batch_size=batch), threads)
-    clf.infer(np.stack([clf.preprocess(d) for d in images[:batch]]))  # warm
-    ready.wait()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        clf.infer(np.stack([clf.preprocess(images[(n + k) % len(images)]) for k in range(batch)]))
-        n += batch
-    return n, time.perf_counter() - start
+CEILING_BATCHES = (8, 16, 32)
 
 
-def in_process(tag: str, runtime: str, images: list[bytes], batch: int, seconds: float,
+def _ceiling_worker(tag: str, runtime: str, images: list[bytes], batches: list[int], seconds: float, threads: int,
+                    ready) -> list[tuple[int, float]]:  # fmt: skip
+    """One process of the ceiling: for each batch size, decode + preprocess + infer in a tight loop, the
+    processes starting each batch size together (``ready`` is a barrier shared by all of them)."""
+    settings = Settings(model_name=tag.split(":")[0], runtime=runtime, max_batch_size=max(batches))
+    clf = load_classifier(tag, settings, threads)
+    out = []
+    for batch in batches:
+        clf.infer(np.stack([clf.preprocess(d) for d in images[:batch]]))  # warm
+        ready.wait()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            clf.infer(np.stack([clf.preprocess(images[(n + k) % len(images)]) for k in range(batch)]))
+            n += batch
+        out.append((n, time.perf_counter() - start))
+    return out
+
+
+def in_process(tag: str, runtime: str, images: list[bytes], max_batch: int, seconds: float,
                processes: int | None = None) -> float:  # fmt: skip
     """The in-process ceiling: one process a core (as many as the server's workers would use), each with a
     one-thread runtime, decoding, preprocessing and inferring back to back: the machine's images/s with no
-    HTTP, no queueing and no thread hand-offs. Started together, timed from a common instant."""
+    HTTP, no queueing and no thread hand-offs, at the best batch size up to ``max_batch``."""
     processes = processes or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // processes)
+    batches = [b for b in CEILING_BATCHES if b < max_batch] + [max_batch]
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
-        ready = manager.Barrier(processes)  # every process loaded and warmed up: start together
-        futures = [pool.submit(_ceiling_worker, tag, runtime, images, batch, seconds, threads, ready)
+        ready = manager.Barrier(processes)
+        futures = [pool.submit(_ceiling_worker, tag, runtime, images, batches, seconds, threads, ready)
                    for _ in range(processes)]  # fmt: skip
         results = [f.result() for f in futures]
-    return sum(n for n, _ in results) / max(t for _, t in results)
+    return max(sum(r[i][0] for r in results) / max(r[i][1] for r in results) for i in range(len(batches)))
 
 
 def start_server(tag: str, runtime: str, batch: int, latency_ms: float, workers: int, log: Path) -> Server:
@@ -217,13 +226,13 @@ def main() -> None:
         for (runtime, n, c), r in rows.items():
             print(f"{runtime:<14} {n:>7} {c:>4} {r['img_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} "
                   f"{r['p99']:8.1f} {r['errors']:>6}")  # fmt: skip
+        eager = max(r["img_per_s"] for (rt, _, _), r in rows.items() if rt == "torch")  # the baseline at its best
         for n in sorted({n for _, n, _ in rows}):
             top = max(r["img_per_s"] for (rt, k, _), r in rows.items() if rt == best and k == n)
-            eager = max(r["img_per_s"] for (rt, k, _), r in rows.items() if rt == "torch" and k == n)
             what = "one image a request" if n == 1 else f"{n} images a request"
             print(
                 f"{what}: HTTP best / in-process ceiling {top / ceiling:.2f} (target >= 0.8), "
-                f"HTTP best / HTTP eager {top / eager:.2f} (target >= 6)"
+                f"HTTP best / HTTP eager at its best {top / eager:.2f} (target >= 6)"
             )
 
 
