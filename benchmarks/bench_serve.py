@@ -56,7 +56,7 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
     return out
 
 
-CEILING_BATCHES = (8, 16, 32)
+CEILING_BATCHES = (4, 8, 16, 32)
 
 
 def _ceiling_worker(tag: str, runtime: str, images: list[bytes], batches: list[int], seconds: float, threads: int,
@@ -191,7 +191,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batch-images", type=int, default=16,
                    help="also send this many images a request to /classify_batch (0: no)")  # fmt: skip
-    p.add_argument("--batch-concurrency", type=int, default=8, help="concurrency of the /classify_batch load")
+    p.add_argument("--batch-concurrency", type=int, default=4,
+                   help="concurrency of the /classify_batch load (4 x 16 images in flight)")  # fmt: skip
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server workers (default: one a core)")
     args = p.parse_args()
     for model in args.model or ["fashion-cnn"]:
@@ -226,13 +227,13 @@ def main() -> None:
         for (runtime, n, c), r in rows.items():
             print(f"{runtime:<14} {n:>7} {c:>4} {r['img_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} "
                   f"{r['p99']:8.1f} {r['errors']:>6}")  # fmt: skip
-        eager = max(r["img_per_s"] for (rt, _, _), r in rows.items() if rt == "torch")  # the baseline at its best
         for n in sorted({n for _, n, _ in rows}):
-            top = max(r["img_per_s"] for (rt, k, _), r in rows.items() if rt == best and k == n)
+            top, eager = (max(r["img_per_s"] for (rt, k, _), r in rows.items() if rt == runtime and k == n)
+                          for runtime in (best, "torch"))  # fmt: skip
             what = "one image a request" if n == 1 else f"{n} images a request"
             print(
                 f"{what}: HTTP best / in-process ceiling {top / ceiling:.2f} (target >= 0.8), "
-                f"HTTP best / HTTP eager at its best {top / eager:.2f} (target >= 6)"
+                f"HTTP best / HTTP eager {top / eager:.2f} (target >= 6)"
             )
 
 
