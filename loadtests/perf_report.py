@@ -137,7 +137,13 @@ def plots(report: dict, docs: Path) -> None:
         axes[0].axhline(
             entry["ceiling"], ls=":", color=axes[0].lines[-1].get_color(), label=f"{name} in-process ceiling"
         )
-    axes[0].set(title="Throughput against concurrency", xlabel="concurrent clients", ylabel="images/s", xscale="log")
+    axes[0].set(
+        title="Throughput against concurrency",
+        xlabel="concurrent clients",
+        ylabel="images/s",
+        xscale="log",
+        yscale="log",
+    )
     axes[1].set(title="p99 latency", xlabel="concurrent clients", ylabel="ms", xscale="log", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
