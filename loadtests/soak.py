@@ -135,6 +135,11 @@ def main() -> int:
         stop.set()
         for t in threads:
             t.join(timeout=900)
+        if retrain_log.get("manual_promotion") == 200:  # leave the store's champion as it was found
+            retrain_log["rollback"] = httpx.post(
+                server.base + "/models/rollback", json={"reason": "soak: restore the champion it replaced"},
+                headers={"Authorization": f"Bearer {token}"}, timeout=30,
+            ).status_code  # fmt: skip
     finally:
         server.stop()
     total = rows["Aggregated"]
@@ -151,7 +156,8 @@ def main() -> int:
         )
     if retrain_log:
         print(f"mid-run retrain: {retrain_log.get('status')}, {retrain_log.get('before')} -> {retrain_log.get('after')}"
-              f" ({retrain_log.get('decision')})")  # fmt: skip
+              f" ({retrain_log.get('decision')}); rolled back after the soak: "
+              f"{retrain_log.get('rollback', 'no')}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     ok = result["failures"] == 0 and result["requests"] > 0 and (result["rss_growth"] or 0) <= args.max_growth
