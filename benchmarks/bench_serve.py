@@ -116,17 +116,10 @@ class Load:
 
     @classmethod
     def batch(cls, images: list[bytes]) -> Load:
-        """``/classify_batch`` with the images as repeated multipart ``images`` fields."""
-        boundary = "imgclf-bench-boundary"
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{k}.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n".encode()
-            + img
-            + b"\r\n"
-            for k, img in enumerate(images)
-        ]
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return cls("/classify_batch", body, f"multipart/form-data; boundary={boundary}", len(images))
+        """``/classify_batch`` with the images as repeated multipart ``images`` fields (encoded by httpx)."""
+        files = [("images", (f"{k}.jpg", img, "image/jpeg")) for k, img in enumerate(images)]
+        request = httpx.Request("POST", "http://bench/classify_batch", files=files)
+        return cls("/classify_batch", request.read(), request.headers["Content-Type"], len(images))
 
 
 def drive_wrk(base: str, load: Load, concurrency: int, seconds: float) -> dict:

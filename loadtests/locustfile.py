@@ -196,7 +196,7 @@ def _skip_grpc_finalizers_at_exit(exit_code: int, **_kw) -> None:
     ``__del__`` (``Channel.close`` waiting on a mutex; seen in CI and reproduced 1 run in 8 here: "Shutting down
     (exit code 0)", then no exit). Once Locust has printed and written its stats (its CSV files close right
     after this event), exit with Locust's code without running those finalizers."""
-    if not (_grpc_used or _GRPC_CLIENTS):
+    if not _grpc_used:
         return
     for client in list(_GRPC_CLIENTS):
         client.close()

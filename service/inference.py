@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -120,8 +121,9 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     """
     task = TaskSpec.from_metadata(stored.metadata)
     transform = EvalPreprocessor(stored.preprocessing)
-    batches = _split_batches(stored, transform, "test", settings.agreement_samples)
-    calibration = _split_batches(stored, transform, "val", settings.agreement_samples) or batches
+    # Read and preprocessed only when needed: a named fp32 runtime needs neither split, int8 the validation
+    # split only when its export is not cached yet.
+    split = functools.cache(lambda name: _split_batches(stored, transform, name, settings.agreement_samples))
     cache_file = export_dir(stored) / "runtimes.json"
     cache = _read_cache(cache_file)
     if settings.runtime != "auto":
@@ -135,17 +137,17 @@ def choose_runtime(stored: StoredModel, settings: Settings, threads: int) -> tup
     for name in candidates:
         entry: dict = {}
         try:
-            if name in REDUCED_PRECISION and not batches:
+            if name in REDUCED_PRECISION and not split("test"):
                 raise ValueError("no recorded test split to measure agreement on")
-            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(calibration))
+            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(split("val") or split("test")))
             if name in REDUCED_PRECISION:
                 if name in cache and "agreement" in cache[name]:
                     entry["agreement"] = cache[name]["agreement"]
                 else:
                     if reference is None:
                         fp32 = build_runtime("torch", stored, threads)
-                        reference = [task.decisions(task.activate(fp32(x))) for x in batches]
-                    entry["agreement"] = round(_agreement(task, reference, runtime, batches), 5)
+                        reference = [task.decisions(task.activate(fp32(x))) for x in split("test")]
+                    entry["agreement"] = round(_agreement(task, reference, runtime, split("test")), 5)
                 if entry["agreement"] < settings.agreement_threshold:
                     raise ValueError(f"top-1 agreement with fp32 {entry['agreement']:.4f} < "
                                      f"{settings.agreement_threshold}")  # fmt: skip

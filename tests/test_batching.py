@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -8,8 +9,6 @@ from service.batching import MicroBatcher
 
 def recording(scale: float = 1.0, seconds: float = 0.0):
     """An ``infer`` that records each batch's size (and takes ``seconds``), with the list it records into."""
-    import time
-
     sizes: list[int] = []
 
     def infer(batch):
