@@ -104,6 +104,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                         **tensors)  # fmt: skip
 
     @observed
+    async def RepositoryIndex(self, request, context):
+        """The served model with its version and state (clients that list models before inferring)."""
+        models = oip.repository_index(self.state, request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
+
+    @observed
     async def ModelConfig(self, request, context):
         """Triton's model configuration; its ``parameters`` carry the class names (JSON) for gRPC clients."""
         import json

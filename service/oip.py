@@ -35,7 +35,7 @@ OUTPUT = "probabilities"
 LABELS_OUTPUT = "labels"
 LEVEL_OUTPUT = "level_{}"
 SERVER_NAME = "imgclf"
-EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository"]
 ENDPOINT = "/v2/infer"  # the metrics label for images arriving through the protocol
 DTYPES = {"FP32": np.dtype("<f4")}
 
@@ -80,6 +80,21 @@ def server_metadata() -> dict[str, Any]:
     from importlib.metadata import version
 
     return {"name": SERVER_NAME, "version": version("imgclf"), "extensions": EXTENSIONS}
+
+
+def repository_index(state: ServingState, ready_only: bool = False) -> list[dict[str, str]]:
+    """The model repository as Triton lists it: the one served model, its version and state.
+
+    ``READY`` with the served version once loaded; ``LOADING`` (no version yet) before. ``ready_only``
+    (the request's ``ready`` flag) leaves out a model that is not ready.
+    """
+    clf = state.classifier
+    name = state.settings.model_name
+    if clf is not None:
+        return [{"name": name, "version": version_of(clf), "state": "READY", "reason": ""}]
+    if ready_only:
+        return []
+    return [{"name": name, "version": "", "state": "LOADING", "reason": "the model is still loading"}]
 
 
 def check_model(state: ServingState, name: str, version: str = "") -> Classifier:

@@ -41,6 +41,15 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
         is_ready = get_state().ready
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
+    @router.post("/repository/index", summary="Model repository index: the served model, its version and state")
+    async def repository_index(request: Request) -> list[dict]:
+        body = await read_body(request, 4096)
+        try:
+            ready = bool(json.loads(body or b"{}").get("ready", False))
+        except (ValueError, AttributeError) as exc:
+            raise InvalidInput('the body must be a JSON object such as {"ready": true}', reason="bad_json") from exc
+        return oip.repository_index(get_state(), ready)
+
     @router.get("/models/{name}", summary="Model metadata: tensors and classes")
     @router.get("/models/{name}/versions/{version}", summary="Model metadata for a version")
     async def model_metadata(name: str, version: str = "") -> dict:

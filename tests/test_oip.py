@@ -113,6 +113,11 @@ def test_health_and_metadata(oip_server, transport):
         config = client.get_model_config(name, as_json=True)["config"]
         assert config["parameters"]["classes"]["string_value"] == '["blue", "green", "red"]'
         assert client.get_server_metadata(as_json=True)["extensions"][0] == "classification"
+    # discovery, as clients that list the repository before inferring do it
+    index = client.get_model_repository_index(as_json=True) if transport == "grpc" else \
+        client.get_model_repository_index()  # fmt: skip
+    models = index["models"] if transport == "grpc" else index
+    assert [(m["name"], m["version"], m["state"]) for m in models] == [(name, version, "READY")]
 
 
 @pytest.mark.slow
