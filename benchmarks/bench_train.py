@@ -15,6 +15,7 @@ import time
 import torch
 
 from training import load_config, train
+from training.autotune import cpu_description
 from training.engine import Runtime, train_one_epoch
 from training.models import build_model, model_kwargs
 
@@ -22,7 +23,8 @@ from training.models import build_model, model_kwargs
 def throughput(cfg, precision: str, channels_last: bool, steps: int = 15) -> float:
     m = cfg.model
     size, channels = m.img_size or 28, m.channels or 1
-    model = build_model(m.name, **model_kwargs(m.name, 10, channels, m.width, m.depth, m.drop_rate))
+    model = build_model(m.name, **model_kwargs(m.name, 10, channels, m.width, m.depth, m.drop_rate,
+                                               first_block_convs=m.first_block_convs))  # fmt: skip
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     rt = Runtime(torch.device("cpu"), torch.bfloat16 if precision == "bf16" else None, channels_last)
@@ -49,8 +51,9 @@ def main() -> None:
             continue
         rows.append((precision, cl, throughput(cfg, precision, cl)))
     base = rows[0][2]
+    print(f"\n== processor: {cpu_description()} ==")
     print(
-        f"\n== training throughput: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth}, "
+        f"== training throughput: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth}, "
         f"batch {cfg.batch_size}, {torch.get_num_threads()} threads (model step only) =="
     )
     for precision, cl, ips in rows:
@@ -74,6 +77,12 @@ def main() -> None:
     print(f"mean img/s        {sum(h['img_per_s'] for h in result.history) / len(result.history):.0f}")
     print(f"val >= {args.target}      " + (f"after {reached['val']:.0f} s" if "val" in reached else "not reached"))
     print(f"test accuracy     {test_acc:.4f}  ({'meets' if test_acc >= args.target else 'MISSES'} {args.target})")
+    run = result.report["run"]
+    chosen = run["precision"]
+    layout = " + channels-last" if chosen["channels_last"] else ""
+    print(f"precision         {chosen['precision']}{layout} (auto measured img/s: {chosen['rates'] or 'not measured'})")
+    if run["note"]:
+        print(f"NOTE              {run['note']}")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
                          levels=levels,
                          preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
                          created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid(),
-                         dataset_fingerprint=meta.get("dataset_fingerprint"),
+                         dataset_fingerprint=meta.get("dataset_fingerprint"), training=meta.get("training"),
                          report_pictures=[p for p in REPORT_PICTURES if (report_dir(clf) / p).is_file()])  # fmt: skip
 
     @app.get("/model/report/{picture}", responses=error_responses(HTTPStatus.NOT_FOUND),

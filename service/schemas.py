@@ -79,6 +79,11 @@ class ModelInfo(BaseModel):
     worker_pid: int = Field(..., description="The server worker process that answered (each serves one version).")
     dataset_fingerprint: str | None = Field(None, description="SHA-256 of the training data's file list and labels.")
     report_pictures: list[str] = Field(default_factory=list, description="Pictures at GET /model/report/{name}.")
+    training: dict[str, Any] | None = Field(
+        None,
+        description="How the run went: epochs planned and run, why it stopped, its measured precision, and a "
+        "note when a time budget shortened the schedule.",
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -34,3 +34,17 @@ def test_invalid_settings():
         EarlyStopping(patience=0)
     with pytest.raises(ValueError):
         EarlyStopping(mode="up")
+
+
+def test_target_is_a_stated_criterion_in_either_direction():
+    es = EarlyStopping(patience=5, mode="max", target=0.9)
+    es.step(0.85, 1)
+    assert not es.reached_target
+    es.step(0.9, 2)
+    assert es.reached_target and not es.should_stop
+    loss = EarlyStopping(patience=5, mode="min", target=0.2)
+    loss.step(0.3, 1)
+    assert not loss.reached_target
+    loss.step(0.19, 2)
+    assert loss.reached_target
+    assert not EarlyStopping(patience=5).reached_target  # no target: never

@@ -149,10 +149,33 @@ def test_import_weights_cli_stores_the_imagenet_classifier(tmp_path):
 
 
 def test_time_budget_brings_the_last_epoch_forward(monkeypatch):
-    from training import setup
+    from training import schedule
 
-    monkeypatch.setattr(setup.time, "monotonic", lambda: 100.0)
-    # 2 epochs took 20 s; 35 s remain: 3 more fit, so the run (and its schedule) ends at epoch 5 of 10
-    assert setup.epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=135.0) == 5
-    assert setup.epochs_that_fit(epoch=2, last=4, first=1, loop_start=80.0, deadline=500.0) == 4
-    assert setup.epochs_that_fit(epoch=2, last=10, first=1, loop_start=80.0, deadline=101.0) == 2
+    monkeypatch.setattr(schedule.time, "monotonic", lambda: 100.0)
+    # 2 epochs took 10 s each (after warm-up); 35 s remain: 3 more fit, so the run (and its schedule) ends at 5 of 10
+    assert schedule.epochs_that_fit(epoch=2, last=10, epoch_seconds=[10.0, 10.0], deadline=135.0) == 5
+    assert schedule.epochs_that_fit(epoch=2, last=4, epoch_seconds=[10.0, 10.0], deadline=500.0) == 4
+    assert schedule.epochs_that_fit(epoch=2, last=10, epoch_seconds=[10.0, 10.0], deadline=101.0) == 2
+
+
+def test_a_time_budget_that_cuts_the_schedule_says_so_everywhere(tmp_path, shared_folder_dataset):
+    """max_minutes far too short: the run ends annealed after the warm-up epoch and one measured one, and the
+    log, the report, the terminal summary and the stored metadata (GET /model) all say the schedule was cut."""
+    from training.report import format_summary
+
+    cfg = load_config(dotted=quick(tmp_path, shared_folder_dataset, name="budget", epochs=6, max_minutes=0.0001))
+    result = train(cfg)
+    run = result.report["run"]
+    assert (run["epochs_planned"], run["epochs_run"], run["stopped"]) == (6, 2, "time")
+    assert run["note"].startswith("schedule shortened from 6 to 2 epochs by max_minutes=0.0001")
+    assert "expected accuracy is lower" in run["note"] and "max_minutes=null" in run["note"]
+    assert format_summary(result.report).splitlines()[-1] == "NOTE         " + run["note"]
+    assert load_model(result.tag).metadata["training"]["note"] == run["note"]
+
+
+def test_a_stated_criterion_ends_training_and_is_recorded(tmp_path, shared_folder_dataset):
+    cfg = load_config(dotted=quick(tmp_path, shared_folder_dataset, name="target", epochs=30, save="false",
+                                   **{"early_stop.target": 0.0, "early_stop.patience": 30}))  # fmt: skip
+    result = train(cfg)
+    assert len(result.history) == 1 and result.report["run"]["stopped"] == "target"
+    assert result.report["run"]["note"] == ""

@@ -66,6 +66,7 @@ class ModelConfig(_Section):
     weights_file: str | None = Field(None, description="Local pretrained weights (safetensors or .pth).")
     width: int = Field(32, ge=4, description="scratch-cnn: channels of the first block.")
     depth: int = Field(3, ge=1, le=6, description="scratch-cnn: number of conv blocks.")
+    first_block_convs: int = Field(2, ge=1, le=2, description="scratch-cnn: convs in the full-resolution block.")
     drop_rate: float = Field(0.2, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     img_size: int | None = Field(None, ge=8, description="Input size; default from the model or the data.")
@@ -125,6 +126,12 @@ class EarlyStopConfig(_Section):
     )
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0)
+    target: float | None = Field(
+        None,
+        ge=0,
+        description="Stop as soon as the metric reaches this value (val_acc/val_map at least, val_loss at most): "
+        "train until a stated criterion is met, with epochs as the cap.",
+    )
 
 
 class TrainConfig(_Section):
@@ -138,8 +145,10 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: measured at start-up on the machine at hand (fp32 vs bf16 on CPU), the faster kept."
+    )
+    channels_last: Literal["auto"] | bool = Field("auto", description="auto: measured with the precision.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores).")
     seed: int = 42
     device: str = "auto"

@@ -11,11 +11,13 @@ class EarlyStopping:
     """Tracks the best value of a metric and says when ``patience`` epochs brought no improvement.
 
     An epoch improves when it beats the best by more than ``min_delta`` (in the metric's direction).
+    ``target``, when set, is a criterion: once the best value reaches it, there is no need to go on.
     """
 
     patience: int = 5
     min_delta: float = 0.0
     mode: Literal["min", "max"] = "max"
+    target: float | None = None
     best: float | None = None
     best_epoch: int = -1
     bad_epochs: int = 0
@@ -46,6 +48,12 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
+
+    @property
+    def reached_target(self) -> bool:
+        if self.target is None or self.best is None:
+            return False
+        return self.best >= self.target if self.mode == "max" else self.best <= self.target
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("best", "best_epoch", "bad_epochs", "history")}

@@ -105,6 +105,7 @@ def evaluate_stored(
     report = {"tag": stored.tag, "architecture": stored.metadata["architecture"], "classes": stored.classes,
               "best_epoch": stored.metadata.get("metrics", {}).get("best_epoch", -1),
               "train_seconds": stored.metadata.get("metrics", {}).get("train_seconds"),
-              "evaluated_on": where, "metrics": {"test": metrics}, "report_dir": str(out)}  # fmt: skip
+              "evaluated_on": where, "metrics": {"test": metrics}, "report_dir": str(out),
+              "run": stored.metadata.get("training")}  # fmt: skip
     reports.write_report(report, out)
     return report

@@ -23,26 +23,24 @@ class ScratchCNN(nn.Module):
     """conv-BN-ReLU x2 + max-pool blocks, channels doubling per block, then pooled dropout + linear.
 
     Small enough to train on two CPU cores in minutes; ``width`` and ``depth`` scale it.
+    ``first_block_convs=1`` gives the full-resolution block one conv instead of two: that block costs
+    the most memory traffic, and the default Fashion-MNIST recipe trains about a third faster without it.
     """
 
-    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, drop_rate: float = 0.2):
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, drop_rate: float = 0.2,
+                 first_block_convs: int = 2):  # fmt: skip
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_chans
         for i in range(depth):
             c_out = width * 2**i
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2, ceil_mode=True),
-            ]
+            for _ in range(first_block_convs if i == 0 else 2):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                           nn.ReLU(inplace=True)]  # fmt: skip
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
             if drop_rate:
                 layers.append(nn.Dropout2d(drop_rate / 2))
-            c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = c_in
@@ -68,11 +66,12 @@ def model_kwargs(
     depth: int = 3,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    first_block_convs: int = 2,
 ) -> dict[str, Any]:
     """The constructor arguments that, with ``name``, rebuild the architecture (stored with the model)."""
     if name == SCRATCH:
-        return {"num_classes": num_classes, "in_chans": in_chans, "width": width, "depth": depth,
-                "drop_rate": drop_rate}  # fmt: skip
+        kw = {"num_classes": num_classes, "in_chans": in_chans, "width": width, "depth": depth, "drop_rate": drop_rate}
+        return kw | ({"first_block_convs": first_block_convs} if first_block_convs != 2 else {})
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate

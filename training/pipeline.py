@@ -16,9 +16,9 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from . import autotune, store
 from . import data as data_sources
 from . import report as reports
-from . import store
 from .config import TrainConfig, save_config
 from .datasets import build_loaders, class_weights, set_epoch
 from .distributed import DistInfo, broadcast, cleanup, init_distributed
@@ -26,16 +26,16 @@ from .early_stopping import EarlyStopping
 from .engine import Runtime, predict, train_one_epoch, validation_metrics, weighted_soft_cross_entropy
 from .metrics import pr_curves, tune_thresholds
 from .models import build_model, model_kwargs, set_backbone_trainable
+from .schedule import RunSummary, epochs_that_fit
 from .setup import (
     EmaStepper,
     StepCounter,
     build_optimizer,
     default_workers,
-    epochs_that_fit,
     infer_channels,
     resolve_preprocessing,
     seed_everything,
-    select_runtime,
+    select_device,
 )
 from .splits import DataSplits
 from .tasks import MULTILABEL, TaskSpec, multilabel_loss
@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainR
 def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None) -> TrainResult:
     started = time.monotonic()
     seed_everything(cfg.seed + info.rank)
-    rt = select_runtime(cfg, info)
+    device = select_device(cfg, info)
     run_dir = cfg.run_dir
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,9 +100,17 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     load = data_sources.make_loader(splits, channels)
 
     m = cfg.model
-    kwargs = model_kwargs(m.name, num_classes, channels, m.width, m.depth, m.drop_rate, m.drop_path_rate)
+    kwargs = model_kwargs(m.name, num_classes, channels, m.width, m.depth, m.drop_rate, m.drop_path_rate,
+                          m.first_block_convs)  # fmt: skip
     model = build_model(m.name, pretrained=m.pretrained, weights_file=m.weights_file, **kwargs)
     pp = resolve_preprocessing(cfg, model, splits, load, channels)
+    choice = None
+    if info.is_main:  # measured once; every DDP rank trains the same way
+        choice = autotune.choose(cfg.precision, cfg.channels_last, device, model,
+                                 (channels, pp.input_size, pp.input_size), num_classes, cfg.batch_size)  # fmt: skip
+    choice = broadcast(choice, info)
+    rt = choice.runtime(device)
+    seed_everything(cfg.seed + info.rank)  # the measurement drew random numbers: start the run from the seed
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -142,7 +150,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     ema = EmaStepper(ModelEmaV3(_unwrap(model), decay=cfg.optim.ema_decay, use_warmup=True)) if cfg.optim.ema else None
     stop_metric = early_stop_metric(cfg.early_stop.metric, multilabel)
     stopper = EarlyStopping(cfg.early_stop.patience, cfg.early_stop.min_delta,
-                            "min" if stop_metric == "val_loss" else "max")  # fmt: skip
+                            "min" if stop_metric == "val_loss" else "max", target=cfg.early_stop.target)  # fmt: skip
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 1
@@ -171,7 +179,8 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None
     phase_start = freeze + 1 if freeze and start_epoch > freeze else 1
     last_epoch = cfg.epochs  # a time budget may bring it forward, the schedule annealing sooner
-    loop_start = time.monotonic()
+    epoch_seconds: list[float] = []  # this run's epochs, the first (warm-up) included
+    stop_reason = "completed"
     for epoch in range(start_epoch, cfg.epochs + 1):
         if freeze and epoch == freeze + 1 and start_epoch <= freeze:
             log.info("unfreezing the backbone at epoch %d (lr x %g)", epoch, cfg.optim.unfreeze_lr_scale)
@@ -211,17 +220,21 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                         "fingerprint": fingerprint}, ckpt_path)  # fmt: skip
             if on_epoch_end is not None:
                 on_epoch_end(dict(record))
+            epoch_seconds.append(time.perf_counter() - t0)
             if deadline is not None:
-                last_epoch = epochs_that_fit(epoch, last_epoch, start_epoch, loop_start, deadline)
+                last_epoch = epochs_that_fit(epoch, last_epoch, epoch_seconds, deadline)
             out_of_time = epoch >= last_epoch < cfg.epochs
-            decision = "early_stop" if stopper.should_stop else "time" if out_of_time else None
+            decision = ("target" if stopper.reached_target else "early_stop" if stopper.should_stop
+                        else "time" if out_of_time else None)  # fmt: skip
         decision, last_epoch = broadcast((decision, last_epoch), info)
         if not decision and last_epoch < cfg.epochs:
             scheduler.t_initial = (last_epoch - phase_start + 1) * steps  # anneal fully by the new end
         if decision:
-            log.info("stopping after epoch %d: %s", epoch,
-                     f"no {stop_metric} improvement for {stopper.patience} epochs"
-                     if decision == "early_stop" else f"max_minutes={cfg.max_minutes} reached")  # fmt: skip
+            stop_reason = decision
+            log.info("stopping after epoch %d: %s", epoch, {
+                "target": f"{stop_metric} reached the target {cfg.early_stop.target}",
+                "early_stop": f"no {stop_metric} improvement for {stopper.patience} epochs",
+                "time": f"max_minutes={cfg.max_minutes} reached"}[decision])  # fmt: skip
             break
 
     if not info.is_main:
@@ -231,15 +244,17 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         final.load_state_dict(best_state)
         log.info("restored the best weights (epoch %d, %s %.4f)", stopper.best_epoch, stop_metric,
                  stopper.best)  # fmt: skip
-    train_seconds = time.monotonic() - started
+    run = RunSummary.of(cfg, history, stop_reason, choice, time.monotonic() - started)
+    if run.note:
+        log.warning("%s", run.note)
     return _evaluate_and_save(cfg, final, splits, summary, load, pp, kwargs, rt, info, (val_loader, test_loader),
-                              history, stopper.best_epoch, train_seconds)  # fmt: skip
+                              history, stopper.best_epoch, run)  # fmt: skip
 
 
 def _evaluate_and_save(
     cfg: TrainConfig, final: nn.Module, splits: DataSplits, summary: dict, load: Callable, pp: Preprocessing,
     kwargs: dict, rt: Runtime, info: DistInfo, loaders: tuple, history: list[dict], best_epoch: int,
-    train_seconds: float,
+    run: RunSummary,
 ) -> TrainResult:  # fmt: skip
     """Test-split metrics, the report with its pictures, and the store entry (rank 0 only)."""
     val_loader, test_loader = loaders
@@ -273,8 +288,8 @@ def _evaluate_and_save(
         reports.plot_hierarchy(metrics["test"]["hierarchy"], report_dir / "hierarchy.png")
     report = {
         "name": cfg.name, "architecture": cfg.model.name, "classes": splits.classes, **spec.metadata(),
-        "best_epoch": best_epoch,
-        "train_seconds": train_seconds, "history": history, "metrics": metrics, "data": summary,
+        "best_epoch": best_epoch, "train_seconds": run.train_seconds, "run": run.to_dict(),
+        "history": history, "metrics": metrics, "data": summary,
         "preprocessing": pp.model_dump(mode="json"), "runtime": {"device": str(rt.device),
         "precision": str(rt.amp_dtype or "fp32"), "channels_last": rt.channels_last, "world_size": info.world_size},
         "report_dir": str(report_dir),
@@ -284,11 +299,11 @@ def _evaluate_and_save(
     if cfg.save:
         bento_model = store.save_model(
             cfg.name, final, architecture=cfg.model.name, model_kwargs=kwargs, classes=splits.classes,
-            preprocessing=pp, metrics=_metric_summary(metrics, best_epoch, train_seconds),
+            preprocessing=pp, metrics=_metric_summary(metrics, best_epoch, run.train_seconds),
             config=cfg.model_dump(mode="json"), fingerprint=summary["fingerprint"],
             split=splits.split_record(), report_dir=report_dir,
             labels={"architecture": cfg.model.name.replace("/", "_")[:63], "task": spec.kind},
-            extra_metadata=spec.metadata(),
+            extra_metadata={**spec.metadata(), "training": run.to_dict()},
         )  # fmt: skip
         tag = str(bento_model.tag)
         report["tag"] = tag

@@ -154,10 +154,28 @@ def write_report(report: dict, out_dir: Path) -> Path:
 
 
 def format_summary(report: dict) -> str:
-    """A human-readable summary of the report for the terminal."""
+    """A human-readable summary of the report for the terminal; a run cut short by its time budget ends saying so."""
     test = report["metrics"]["test"]
-    if "map" in test:
-        return _format_multilabel(report, test)
+    body = _format_multilabel(report, test) if "map" in test else _format_multiclass(report, test)
+    return body + "".join(f"\n{line}" for line in run_lines(report.get("run")))
+
+
+def run_lines(run: dict | None) -> list[str]:
+    """How the run went: epochs, why it stopped, time and precision; the shortened-schedule warning last."""
+    if not run:
+        return []
+    p = run.get("precision") or {}
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in p.get("rates", {}).items())
+    layout = " channels-last" if p.get("channels_last") else ""
+    lines = [f"run          {run['epochs_run']} of {run['epochs_planned']} epochs ({run['stopped']}) in "
+             f"{run['train_seconds']:.0f}s; {p.get('precision', '?')}{layout}"
+             + (f" (measured img/s: {rates})" if rates else "")]  # fmt: skip
+    if run.get("note"):
+        lines.append(f"NOTE         {run['note']}")
+    return lines
+
+
+def _format_multiclass(report: dict, test: dict) -> str:
     lines = [
         f"model        {report.get('tag', '(not saved)')}",
         f"architecture {report['architecture']}  classes {len(report['classes'])}  best epoch {report['best_epoch']}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -19,7 +18,6 @@ from torch import nn
 from . import data as data_sources
 from .config import TrainConfig
 from .distributed import DistInfo
-from .engine import Runtime
 from .models import SCRATCH
 from .splits import DataSplits
 from .transforms import Preprocessing, build_eval_transform, channel_stats
@@ -28,24 +26,13 @@ from .weights import read_preprocessing
 log = logging.getLogger(__name__)
 
 
-def select_runtime(cfg: TrainConfig, info: DistInfo) -> Runtime:
-    """Device, autocast dtype and memory format for this run (and the torch thread count)."""
-    if cfg.threads or info.enabled:  # DDP ranks on one CPU host share its cores
+def select_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
+    """The device for this run (and the torch thread count: DDP ranks on one CPU host share its cores)."""
+    if cfg.threads or info.enabled:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // info.world_size))
     if cfg.device == "auto":
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    precision = cfg.precision
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return Runtime(device=device, amp_dtype=dtype, channels_last=cfg.channels_last)
+        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
 
 def seed_everything(seed: int) -> None:
@@ -108,16 +95,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float, epochs: int, 
         min_lr=o.min_lr, warmup_lr=lr * 0.01, step_on_epochs=False, updates_per_epoch=max(steps, 1),
     )  # fmt: skip
     return optimizer, scheduler
-
-
-def epochs_that_fit(epoch: int, last: int, first: int, loop_start: float, deadline: float) -> int:
-    """The last epoch that can still finish before ``deadline``, at the pace measured so far."""
-    now = time.monotonic()
-    per_epoch = (now - loop_start) / (epoch - first + 1)
-    fit = epoch + int((deadline - now) // per_epoch)
-    if fit < last:
-        log.info("time budget: %d more epoch(s) fit; the schedule now ends at epoch %d", max(fit - epoch, 0), fit)
-    return max(epoch, min(last, fit))
 
 
 class EmaStepper:
