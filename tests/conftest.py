@@ -42,6 +42,55 @@ def shared_folder_dataset(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("shared") / "colours", per_class=16)
 
 
+# A toy model: small, fast, on generated images (what it learns is never asserted on; see LEARNED).
+TOY = ["batch_size=8", "model.width=8", "model.depth=2", "data.workers=0", "data.val_fraction=0.2",
+       "data.test_fraction=0.25", "model.img_size=32"]  # fmt: skip
+# A toy model trained to a stated criterion rather than for a number of epochs: every validation image
+# right (early_stop.target), epochs only a cap. Tests that need a model that knows its classes use it and
+# check the criterion (``train_to_criterion``), so they hold whatever the processor's arithmetic.
+LEARNED = ["epochs=40", "optim.lr=0.01", "early_stop.target=1.0", "early_stop.patience=40", "precision=fp32"]
+# Toy holdouts have 4 images a class, so one image is 25 points of a class's recall: a gate that judges a
+# challenger trained to the same criterion as its champion allows for that, and still refuses a model
+# whose answers are wrong (a model that learned permuted labels scores about 0 against a champion near 1).
+TOY_GATE = {"IMGCLF_GATE_TOLERANCE": "0.34", "IMGCLF_GATE_MAX_RECALL_DROP": "0.5"}
+
+
+def train_to_criterion(cfg):
+    """``train(cfg)`` for a config with ``early_stop.target``, failing loudly if the criterion was not met."""
+    from training import train
+
+    result = train(cfg)
+    metric = "val_map" if "val_map" in result.history[-1] else "val_acc"
+    best = max(h[metric] for h in result.history)
+    assert best >= cfg.early_stop.target, (f"{cfg.name} did not learn its toy data: best {metric} {best} < "
+                                           f"{cfg.early_stop.target} after {len(result.history)} epochs")  # fmt: skip
+    return result
+
+
+def permuted_labels_csv(data: Path, folder: str, out: str) -> Path:
+    """A CSV of ``folder``'s images with every class renamed to the next one: a model that learns it is always wrong."""
+    rows = sorted((p.relative_to(data), p.parent.name) for p in (data / folder).glob("*/*.png"))
+    classes = sorted({label for _, label in rows})
+    shift = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
+    (data / out).write_text("path,label\n" + "".join(f"{path},{shift[label]}\n" for path, label in rows))
+    return data / out
+
+
+def stored_top1(tag: str, data: bytes) -> str:
+    """What the stored model itself predicts for an encoded image (the reference a server must match)."""
+    import torch
+
+    from training.imaging import decode_image
+    from training.store import load_model
+    from training.transforms import EvalPreprocessor
+
+    stored = load_model(tag)
+    x = EvalPreprocessor(stored.preprocessing)(decode_image(data, stored.preprocessing.channels))
+    with torch.no_grad():
+        logits = stored.model.eval()(torch.as_tensor(x, dtype=torch.float32)[None])
+    return stored.classes[int(logits.argmax())]
+
+
 @pytest.fixture(scope="session")
 def trained_model(shared_folder_dataset, tmp_path_factory):
     """A tiny scratch CNN really trained on the colours dataset into the session store: (tag, result)."""

@@ -1,6 +1,6 @@
 """The retraining loop end to end, against a real `bentoml serve` with two workers.
 
-v1 is served; a retrain promotes v2 onto both workers; a shuffled-label retrain is refused; a
+v1 is served; a retrain promotes v2 onto both workers; a permuted-label retrain is refused; a
 rollback brings v1 back; a job killed mid-training fails with the champion unchanged; a restart
 keeps the history. Classify traffic runs throughout and must see no failed request.
 """
@@ -8,7 +8,6 @@ keeps the history. Classify traffic runs throughout and must see no failed reque
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_folder_dataset
+from conftest import LEARNED, TOY, TOY_GATE, make_folder_dataset, permuted_labels_csv, train_to_criterion
 
 from loadtests.server import Server, served_models
-from training import load_config, train
+from training import load_config
 
 pytestmark = pytest.mark.slow
 TOKEN = "e2e-admin-token"
@@ -29,21 +28,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A data root with a dataset and a shuffled-label CSV of it, and v1 trained into the store."""
+    """A data root with a dataset and a permuted-label CSV of it, and v1 trained to its criterion into the store."""
     root = tmp_path_factory.mktemp("loop")
     data = root / "data"
     make_folder_dataset(data / "colours", per_class=16)
-    rows = sorted((p.relative_to(data), p.parent.name) for p in (data / "colours").glob("*/*.png"))
-    labels = [label for _, label in rows]
-    random.Random(3).shuffle(labels)
-    lines = [f"{path},{label}\n" for (path, _), label in zip(rows, labels, strict=True)]
-    (data / "shuffled.csv").write_text("path,label\n" + "".join(lines))
+    permuted_labels_csv(data, "colours", "permuted.csv")
     cfg = load_config(dotted=[f"data.source={data / 'colours'}", f"output_dir={root / 'runs'}", "name=loop",
-                              "epochs=8", "batch_size=8", "optim.lr=0.01", "model.width=8", "model.depth=2",
-                              "data.workers=0", "data.val_fraction=0.2", "data.test_fraction=0.25",
-                              "model.img_size=32"])  # fmt: skip
-    v1 = train(cfg).tag
+                              *TOY, *LEARNED])  # fmt: skip
+    v1 = train_to_criterion(cfg).tag
     env = dict(IMGCLF_MODEL_NAME="loop", IMGCLF_WORKERS="2", IMGCLF_ADMIN_TOKEN=TOKEN, IMGCLF_RUNTIME="torch",
+               **TOY_GATE,
                IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_DATA_ROOTS=f'["{data}"]',
                IMGCLF_FEEDBACK_DIR=str(data / "feedback"), IMGCLF_JOBS_DIR=str(root / "jobs"),
                IMGCLF_DATABASE_URL=f"sqlite:///{root / 'registry.db'}", IMGCLF_MAX_LATENCY_MS="5")  # fmt: skip
@@ -139,7 +133,7 @@ def test_the_retraining_loop(world):
         assert httpx.get(base + "/jobs", headers={"Authorization": "Basic " + TOKEN}).status_code == 401
 
         # v2: trained, judged on v1's holdout, promoted, served by both workers; one job at a time
-        first = retrain(base, data="colours", epochs=6)
+        first = retrain(base, data="colours")  # the champion's config: trained to its criterion
         busy = httpx.post(base + "/retrain", json={"data": "colours"}, headers=AUTH)
         assert busy.status_code == 409 and busy.json()["job_id"] == first
         done = finished(base, first)
@@ -150,8 +144,8 @@ def test_the_retraining_loop(world):
         wait_for("v2 on both workers", lambda: both_workers_serve(base, v2), timeout=60)
         assert grpc_versions(server, image) == {v2.split(":")[1]}  # gRPC follows the champion too
 
-        # a model trained on shuffled labels is refused; v2 stays
-        bad = finished(base, retrain(base, data="shuffled.csv", epochs=6))
+        # a model that learned permuted labels (every answer wrong by construction) is refused; v2 stays
+        bad = finished(base, retrain(base, data="permuted.csv"))
         assert bad["status"] == "succeeded" and not bad["decision"]["promoted"], bad
         assert bad["decision"]["reason"].startswith("refused") and bad["decision"]["challenger"]["accuracy"] < 0.7
         models = httpx.get(base + "/models", headers=AUTH).json()
@@ -164,7 +158,9 @@ def test_the_retraining_loop(world):
 
         # a job killed mid-training fails; the champion and the store are untouched
         versions = len(httpx.get(base + "/models", headers=AUTH).json()["versions"])
-        long = retrain(base, data="colours", epochs=400, overrides={"early_stop.patience": 400})
+        long = retrain(
+            base, data="colours", epochs=400, overrides={"early_stop.patience": 400, "early_stop.target": None}
+        )  # runs until killed
         running = wait_for("training to start", lambda: (j := job(base, long))["progress"] and j)
         os.kill(running["pid"], signal.SIGKILL)
         killed = finished(base, long)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as tgrpc
-from conftest import TREE, encode, make_multilabel_dataset, make_tree_dataset, shape_image
+from conftest import TREE, encode, make_multilabel_dataset, make_tree_dataset, shape_image, train_to_criterion
 
 from loadtests.server import Server
-from training import load_config, store, train
+from training import load_config, store
 from training.evaluate import evaluate_on_record, evaluate_stored
 from training.imaging import decode_image
 from training.report import format_summary
@@ -24,8 +24,10 @@ from training.transforms import EvalPreprocessor
 pytestmark = pytest.mark.slow
 TOKEN = "tasks-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-COMMON = ["epochs=4", "batch_size=8", "optim.lr=0.01", "model.width=8", "model.depth=2", "data.workers=0",
-          "data.val_fraction=0.2", "data.test_fraction=0.2", "model.img_size=32"]  # fmt: skip
+# Trained to a stated criterion (early_stop.target on val mAP or val accuracy), the epochs only a cap.
+COMMON = ["epochs=40", "early_stop.patience=40", "batch_size=8", "optim.lr=0.01", "model.width=8", "model.depth=2",
+          "data.workers=0", "data.val_fraction=0.2", "data.test_fraction=0.2", "model.img_size=32",
+          "precision=fp32"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,10 @@ def world(tmp_path_factory):
     csv_path = make_multilabel_dataset(data / "shapes", per_combo=8)
     tree = make_tree_dataset(data / "tree", per_leaf=14)
     out = f"output_dir={root / 'runs'}"
-    ml = train(load_config(dotted=[f"data.source={csv_path}", "name=shapes-ml", out, *COMMON]))
-    h = train(load_config(dotted=[f"data.source={tree}", "data.task=hierarchical", "name=tree-h", out, *COMMON]))
+    ml = train_to_criterion(load_config(dotted=[f"data.source={csv_path}", "name=shapes-ml", out, *COMMON,
+                                                "early_stop.target=0.8"]))  # fmt: skip
+    h = train_to_criterion(load_config(dotted=[f"data.source={tree}", "data.task=hierarchical", "name=tree-h", out,
+                                               *COMMON, "early_stop.target=1.0"]))  # fmt: skip
     return {"root": root, "data": data, "multilabel": ml, "hierarchical": h}
 
 
@@ -65,7 +69,7 @@ def test_multilabel_model_in_the_store(world):
     assert meta["thresholds"] == {n: m["threshold"] for n, m in test["per_label"].items()}
     assert meta["metrics"]["test"]["map"] == pytest.approx(test["map"])
     assert (result.report_dir / "pr_curves.png").is_file() and (result.report_dir / "samples.png").is_file()
-    assert test["map"] > 0.5  # colour and shape are learnable in a few epochs
+    assert test["map"] > 0.5  # trained to val mAP >= 0.8 (the fixture checks it); chance is about 0.35
     again = evaluate_on_record(result.tag, store.read_split(result.tag))  # the gate's measure
     assert again["map"] == pytest.approx(test["map"], abs=0.02)
     report = evaluate_stored(result.tag, output=world["root"] / "evaluate-ml")  # `python -m training evaluate`
@@ -178,7 +182,7 @@ def test_served_answers_match_the_model_then_survive_retrain_and_promotion(serve
                           params={"level": 3}).status_code == 400  # fmt: skip
     check_answers(task, server, v1)
 
-    r = httpx.post(server.base + "/retrain", json={"epochs": 2}, headers=AUTH)
+    r = httpx.post(server.base + "/retrain", json={"epochs": 2}, headers=AUTH)  # promoted by construction: gate 1
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     job = wait_for("the retrain job", lambda: (j := httpx.get(f"{server.base}/jobs/{job_id}", headers=AUTH).json())
