@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -89,6 +90,16 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
             headers["WWW-Authenticate"] = "Bearer"
         body = {"error": exc.message, "reason": exc.reason, **exc.details}
         return JSONResponse(body, status_code=int(exc.status), headers=headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 in the documented shape: each field and what it must be, never the value sent."""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:] or e['loc'])}: {e['msg']}"
+                             for e in exc.errors()[:5])  # fmt: skip
+        endpoint = request.scope.get("route").path if request.scope.get("route") else "other"
+        metrics.REJECTED.labels(endpoint, "validation_error").inc()
+        return JSONResponse({"error": f"invalid request: {problems}"[:2000], "reason": "validation_error"},
+                            status_code=422)  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -102,6 +102,7 @@ _IMAGE_STATUS = {
     "unsupported_format": UnsupportedMediaType,
     "truncated": InvalidInput,
     "too_many_pixels": PayloadTooLarge,
+    "too_complex": PayloadTooLarge,
 }
 
 

@@ -19,7 +19,8 @@ from training.imaging import ImageError, open_image
 from .errors import InvalidInput, from_image_error
 from .registry import Registry
 
-LABEL = re.compile(r"^[^\x00-\x1f]{1,100}$")
+LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
+MAX_FOLDER_NAME = 200  # bytes: file systems allow 255 for a name
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif"}
 
 
@@ -41,6 +42,10 @@ def save_feedback(registry: Registry, root: Path, model_name: str, data: bytes, 
     label = label.strip()
     if not LABEL.match(label) or label in (".", ".."):
         raise InvalidInput("label must be 1-100 printable characters", reason="bad_label")
+    if len(label_folder(label).encode()) > MAX_FOLDER_NAME:
+        raise InvalidInput(f"label is too long once kept as a folder name ({len(label_folder(label).encode())} "
+                           f"bytes percent-encoded; at most {MAX_FOLDER_NAME}): use a shorter label",
+                           reason="bad_label")  # fmt: skip
     if label not in classes and not allow_new:
         raise InvalidInput(f"label {label!r} is not a class of the model; known: {', '.join(classes)} "
                            "(new labels are off: IMGCLF_FEEDBACK_NEW_LABELS)", reason="unknown_label")  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput, PayloadTooLarge, ServiceError
+from .errors import InvalidInput, ServiceError
 from .inference import Classifier
 from .serving import ServingState
 
@@ -173,13 +173,7 @@ async def _infer_images(state: ServingState, tensor: Tensor) -> tuple[Classifier
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input '{IMAGE_INPUT}' must be BYTES (encoded image files), got {tensor.datatype}",
                            reason="bad_datatype")  # fmt: skip
-    images = list(tensor.data)
-    if not images:
-        raise InvalidInput(f"input '{IMAGE_INPUT}' holds no images", reason="bad_shape")
-    limit = state.settings.max_batch_images
-    if len(images) > limit:
-        raise PayloadTooLarge(f"{len(images)} images in one request; the maximum is {limit}", reason="too_many_images")
-    clf, results = await state.probabilities(images, ENDPOINT)
+    clf, results = await state.probabilities(list(tensor.data), ENDPOINT)  # admitted there, as for every protocol
     for i, result in enumerate(results):
         if isinstance(result, ServiceError):
             raise type(result)(f"{IMAGE_INPUT}[{i}]: {result.message}", reason=result.reason)
@@ -228,14 +222,31 @@ def encode_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
+MAX_DIMS = 8
+
+
+def check_shape(shape: Any) -> list[int]:
+    """A tensor shape: a list of at most ``MAX_DIMS`` non-negative integers (``InvalidInput`` otherwise)."""
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
+    ):
+        raise InvalidInput(f"a tensor shape must be a list of at most {MAX_DIMS} non-negative integers, got "
+                           f"{str(shape)[:80]}", reason="bad_shape")  # fmt: skip
+    return list(shape)
+
+
 def decode_numeric(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
     dtype = DTYPES.get(datatype)
     if dtype is None:
         raise InvalidInput(f"datatype {datatype} is not accepted here; use FP32 or BYTES", reason="bad_datatype")
-    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
-        raise InvalidInput(f"{datatype} tensor of shape {shape} needs {int(np.prod(shape)) * dtype.itemsize} bytes, "
+    shape = check_shape(shape)
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if len(raw) != needed:
+        raise InvalidInput(f"{datatype} tensor of shape {shape} needs {needed} bytes, "
                            f"got {len(raw)}", reason="bad_shape")  # fmt: skip
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)  # sizes agree: the reshape cannot fail
 
 
 def tensor_bytes(t: Tensor) -> bytes:

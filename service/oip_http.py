@@ -11,11 +11,12 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from . import oip
 from .errors import InvalidInput, NotReady
@@ -23,6 +24,46 @@ from .parsing import read_body
 from .serving import ServingState
 
 HEADER = "Inference-Header-Content-Length"
+
+
+# ---------------------------------------------------------------- the request body's schema
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class InputParameters(_Loose):
+    binary_data_size: StrictInt | None = Field(None, ge=0)
+
+
+class InputJSON(_Loose):
+    name: str = Field(..., max_length=64)
+    datatype: str = Field(..., max_length=16)
+    shape: list[Annotated[StrictInt, Field(ge=0, lt=2**31)]] = Field(..., max_length=oip.MAX_DIMS)
+    parameters: InputParameters = InputParameters()
+    data: list[Any] = Field(default_factory=list)
+
+
+class OutputParameters(_Loose):
+    classification: StrictInt = Field(0, ge=0, le=1000)
+    binary_data: StrictBool | None = None
+
+
+class OutputJSON(_Loose):
+    name: str = Field(..., max_length=64)
+    parameters: OutputParameters = OutputParameters()
+
+
+class RequestParameters(_Loose):
+    binary_data_output: StrictBool = False
+
+
+class InferRequestJSON(_Loose):
+    """The Open Inference Protocol's JSON inference request, as far as this server reads it."""
+
+    id: str | StrictInt | None = Field(None)
+    inputs: list[InputJSON] = Field(..., min_length=1, max_length=16)
+    outputs: list[OutputJSON] = Field(default_factory=list, max_length=16)
+    parameters: RequestParameters = RequestParameters()
 
 
 def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
@@ -81,52 +122,68 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
 
 
 def parse_request(name: str, version: str, body: bytes, header_length: str | None) -> oip.InferRequest:
+    """The request as the protocol's JSON schema (:class:`InferRequestJSON`) says, plus any binary tensors.
+
+    Raises:
+        InvalidInput: not JSON, nested too deeply, or any field of the wrong type or range (the message
+            names each field and what it must be).
+    """
+    if header_length is not None and not header_length.isdigit():
+        raise InvalidInput(f"{HEADER} must be a non-negative integer", reason="bad_json")
+    size = int(header_length) if header_length is not None else len(body)
+    if not 0 < size <= len(body):
+        raise InvalidInput(f"{HEADER} {size} does not fit a body of {len(body)} bytes", reason="bad_json")
     try:
-        size = int(header_length) if header_length is not None else len(body)
-        if not 0 < size <= len(body):
-            raise ValueError(f"{HEADER} {size} does not fit a body of {len(body)} bytes")
-        doc = json.loads(body[:size])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the inference request is not valid JSON: {exc}", reason="bad_json") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
-        raise InvalidInput("the inference request needs an 'inputs' list", reason="bad_json")
+        raw_doc = json.loads(body[:size])
+        if not isinstance(raw_doc, dict) or not isinstance(raw_doc.get("inputs"), list):
+            raise InvalidInput("the inference request needs an 'inputs' list", reason="bad_json")
+        doc = InferRequestJSON.model_validate(raw_doc)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidInput(f"the inference request does not fit the protocol: {problems}",
+                           reason="bad_json") from None  # fmt: skip
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        what = "is nested too deeply" if isinstance(exc, RecursionError) else f"is not valid JSON: {exc}"
+        raise InvalidInput(f"the inference request {what}", reason="bad_json") from None
     binary, offset = body[size:], 0
     inputs = []
-    for item in doc["inputs"]:
-        if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= item.keys():
-            raise InvalidInput("each input needs name, datatype and shape", reason="bad_inputs")
-        shape = [int(d) for d in item["shape"]]
-        n = (item.get("parameters") or {}).get("binary_data_size")
+    for item in doc.inputs:
+        n = item.parameters.binary_data_size
         if n is not None:
-            raw, offset = binary[offset : offset + int(n)], offset + int(n)
-            if len(raw) != int(n):
-                raise InvalidInput(f"input {item['name']!r}: binary data runs past the body", reason="bad_tensor")
-            data = oip.decode_bytes(raw) if item["datatype"] == "BYTES" else oip.decode_numeric(raw, item["datatype"],
-                                                                                                shape)  # fmt: skip
+            raw, offset = binary[offset : offset + n], offset + n
+            if len(raw) != n:
+                raise InvalidInput(f"input {item.name!r}: binary data runs past the body", reason="bad_tensor")
+            data = oip.decode_bytes(raw) if item.datatype == "BYTES" else oip.decode_numeric(raw, item.datatype,
+                                                                                             item.shape)  # fmt: skip
         else:
-            data = _json_data(item, shape)
-        inputs.append(oip.Tensor(item["name"], item["datatype"], shape, data))
-    all_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
-    outputs = [oip.RequestedOutput(o["name"], int((o.get("parameters") or {}).get("classification", 0)),
-                                   bool((o.get("parameters") or {}).get("binary_data", all_binary)))
-               for o in doc.get("outputs") or []]  # fmt: skip
+            data = _json_data(item)
+        inputs.append(oip.Tensor(item.name, item.datatype, item.shape, data))
+    all_binary = doc.parameters.binary_data_output
+    outputs = [oip.RequestedOutput(o.name, o.parameters.classification,
+                                   all_binary if o.parameters.binary_data is None else o.parameters.binary_data)
+               for o in doc.outputs]  # fmt: skip
     if not outputs:
         outputs = [oip.RequestedOutput(oip.OUTPUT, binary=all_binary)]
-    return oip.InferRequest(name, version, str(doc.get("id", "")), inputs, outputs)
+    return oip.InferRequest(name, version, "" if doc.id is None else str(doc.id), inputs, outputs)
 
 
-def _json_data(item: dict, shape: list[int]) -> Any:
-    values = np.asarray(item.get("data", []), dtype=object).reshape(-1).tolist()
-    if item["datatype"] == "BYTES":
+def _json_data(item: InputJSON) -> Any:
+    try:
+        values = np.asarray(item.data, dtype=object).reshape(-1).tolist()
+    except ValueError:
+        raise InvalidInput(f"input {item.name!r}: data must be a flat or regularly nested list",
+                           reason="bad_tensor") from None  # fmt: skip
+    shape = item.shape
+    if item.datatype == "BYTES":
         try:
             return [base64.b64decode(v, validate=True) for v in values]
         except (binascii.Error, ValueError, TypeError):
-            raise InvalidInput(f"input {item['name']!r}: BYTES elements must be base64 strings in JSON (or send "
+            raise InvalidInput(f"input {item.name!r}: BYTES elements must be base64 strings in JSON (or send "
                                "binary tensor data)", reason="bad_base64") from None  # fmt: skip
     try:
-        return oip.decode_numeric(np.asarray(values, dtype="<f4").tobytes(), item["datatype"], shape)
+        return oip.decode_numeric(np.asarray(values, dtype="<f4").tobytes(), item.datatype, shape)
     except (ValueError, TypeError):
-        raise InvalidInput(f"input {item['name']!r}: data must be numbers", reason="bad_tensor") from None
+        raise InvalidInput(f"input {item.name!r}: data must be numbers", reason="bad_tensor") from None
 
 
 def encode_response(resp: oip.InferResponse, req: oip.InferRequest) -> Response:

@@ -71,12 +71,21 @@ class Operations:
 
     # ------------------------------------------------------------ champion
     def promote(self, tag: str, reason: str) -> dict[str, Any]:
-        if not tag.startswith(self.model_name + ":"):
+        """Serve ``tag``, resolved first to the exact stored version (an alias or other letter case is
+        never recorded: workers compare the champion with the tag they serve)."""
+        if tag.split(":")[0].lower() != self.model_name.lower():
             raise InvalidInput(f"{tag} is not a version of {self.model_name}", reason="wrong_model")
         try:
-            stored = store.load_model(tag)  # refuses a damaged model before it can be served
+            exact = str(store.get(tag).tag)
+        except (store.StoreError, ValueError) as exc:
+            raise NotFound(f"{exc}", reason="model_not_found") from None
+        if not exact.startswith(self.model_name + ":"):
+            raise InvalidInput(f"{exact} is not a version of {self.model_name}", reason="wrong_model")
+        try:
+            stored = store.load_model(exact)  # refuses a damaged model before it can be served
         except store.StoreError as exc:
             raise NotFound(str(exc), reason="model_not_loadable") from None
+        tag = exact
         test = stored.metadata.get("metrics", {}).get("test", {})
         event = self.registry.promote(self.model_name, tag, reason, kind="manual",
                                       challenger={"accuracy": test.get("accuracy")})  # fmt: skip

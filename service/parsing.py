@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from fastapi import Request
@@ -65,8 +66,9 @@ async def single_image(request: Request, limit: int) -> tuple[bytes, int | None]
         raise InvalidInput(f"expected exactly one multipart field 'image'; found fields: {found}",
                            reason="bad_field")  # fmt: skip
     top_k = form.get("top_k")
-    if top_k is not None and (not isinstance(top_k, str) or not top_k.strip().lstrip("-").isdigit()):
-        raise InvalidInput(f"top_k must be an integer, got {top_k!r}", reason="bad_top_k")
+    if top_k is not None and (not isinstance(top_k, str) or not re.fullmatch(r"\s*-?[0-9]{1,9}\s*", top_k)):
+        raise InvalidInput(f"top_k must be an integer written in ASCII digits, got {str(top_k)[:40]!r}",
+                           reason="bad_top_k")  # fmt: skip
     return await file_bytes(files[0], "image", limit), int(top_k) if top_k is not None else None
 
 

@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 
 # Set by the service, never by a request: paths the job writes or reads outside the data roots.
 PROTECTED_KEYS = ("name", "output_dir", "save", "resume", "threads", "device", "data.source", "data.extra_train",
-                  "data.holdout", "data.fashion_mnist_dir", "data.taxonomy", "model.weights_file")  # fmt: skip
+                  "data.holdout", "data.fashion_mnist_dir", "data.taxonomy", "data.allowed_roots",
+                  "model.weights_file")  # fmt: skip
+# What a request may ask of the training config, request fields and overrides alike: (config key, low, high).
+BOUNDS = (("epochs", 1, 1000), ("batch_size", 1, 1024), ("model.width", 4, 256), ("model.depth", 1, 6),
+          ("model.img_size", 8, 1024), ("max_minutes", 0, 24 * 60), ("early_stop.patience", 1, 1000),
+          ("data.limit_per_class", 1, 10**7), ("top_k", 1, 100))  # fmt: skip
 
 
 class JobCancelled(Exception):
@@ -47,6 +52,9 @@ def resolve_data(value: str, roots: list[Path]) -> str:
     """``fashion-mnist``, or a folder/CSV inside one of ``roots`` (``..`` and symlinks resolved first)."""
     if value == FASHION_MNIST:
         return value
+    if not value or len(value) > 1024 or any(ord(c) < 32 for c in value):
+        raise InvalidInput("data must be 1-1024 characters with no control characters (NUL included): "
+                           "'fashion-mnist', or a folder or CSV under a data root", reason="bad_data")  # fmt: skip
     path = Path(value)
     path = (path if path.is_absolute() else roots[0] / path).resolve()
     if not any(path.is_relative_to(root) for root in roots):
@@ -88,6 +96,7 @@ def job_config(req: RetrainRequest, settings: Settings, champion: str | None) ->
         data["extra_train"] = [str(feedback)]
     if champion and store.read_split(champion) is not None:
         data["holdout"] = str(Path(store.get(champion).path) / store.SPLIT_FILE)
+    data["allowed_roots"] = [str(root) for root in settings.allowed_roots()]  # every file the job reads
     fixed: dict[str, Any] = {"name": settings.model_name, "data": data, "save": True, "resume": False,
                              "threads": settings.retrain_threads, "output_dir": str(settings.jobs_dir)}  # fmt: skip
     if req.model:
@@ -95,10 +104,23 @@ def job_config(req: RetrainRequest, settings: Settings, champion: str | None) ->
     if req.epochs:
         fixed["epochs"] = req.epochs
     try:
-        return TrainConfig.model_validate(deep_merge(layered, fixed))
+        cfg = TrainConfig.model_validate(deep_merge(layered, fixed))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidInput(f"the resulting training config is invalid: {problems}", reason="bad_config") from None
+    check_bounds(cfg)
+    return cfg
+
+
+def check_bounds(cfg: TrainConfig) -> None:
+    """Refuse a job config past :data:`BOUNDS` (from a request field or an override alike)."""
+    for key, low, high in BOUNDS:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not low <= value <= high:
+            raise InvalidInput(f"{key}={value} is out of range for a retrain job: {low} to {high}",
+                               reason="bad_config")  # fmt: skip
 
 
 # ---------------------------------------------------------------- the gate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,15 +102,22 @@ class RetrainRequest(BaseModel):
 
     data: str | None = Field(
         None,
+        max_length=1024,
         description="'fashion-mnist', a class-per-folder directory or a CSV manifest inside the configured data "
         "roots (relative paths are taken from the first root). Default: the champion's data source.",
         examples=["fashion-mnist"],
     )
     include_feedback: bool = Field(True, description="Add the collected feedback images to the training split.")
-    model: str | None = Field(None, description="Architecture ('scratch-cnn' or a timm name). Default: the champion's.")
+    model: str | None = Field(
+        None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]*$",
+        description="Architecture ('scratch-cnn' or a timm name). Default: the champion's.",
+    )
     epochs: int | None = Field(None, ge=1, le=1000, description="Maximum epochs. Default: the champion's config.")
-    overrides: dict[str, Any] = Field(
+    overrides: dict[Annotated[str, Field(max_length=100)], Any] = Field(
         default_factory=dict,
+        max_length=64,
         description="Training config overrides as dotted keys, e.g. {'optim.lr': 0.001, 'augment.preset': 'medium'}.",
         examples=[{"optim.lr": 0.001}],
     )
@@ -145,7 +152,14 @@ class JobAccepted(BaseModel):
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tag: str = Field(..., description="The version to serve (name:version).")
+    tag: str = Field(
+        ...,
+        min_length=3,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$",
+        description="The version to serve (name:version); an alias such as name:latest is resolved to the exact "
+        "stored version before anything is recorded.",
+    )
     reason: str = Field("manual promotion", max_length=500)
 
 

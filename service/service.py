@@ -13,9 +13,10 @@ configure_environment()
 
 import bentoml  # noqa: E402
 
-from . import metrics  # noqa: E402
+from . import connections, metrics, route_labels  # noqa: E402
 from .app import create_app  # noqa: E402
 from .grpc_server import GrpcServer  # noqa: E402
+from .limits import BodyGuard, BodyLimits  # noqa: E402
 from .operations import Operations  # noqa: E402
 from .registry import Registry  # noqa: E402
 from .serving import ServingState  # noqa: E402
@@ -23,6 +24,9 @@ from .settings import get_settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+connections.install(connections.ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes,
+                                                 settings.max_connections))  # fmt: skip
+BODY_LIMITS = BodyLimits(settings.max_upload_bytes, settings.max_request_bytes, settings.body_timeout_seconds)
 
 
 def _state() -> ServingState:
@@ -34,9 +38,10 @@ def _ops() -> Operations:
 
 
 app = create_app(_state, _ops)
+route_labels.install(route_labels.route_labeller(app.routes, fixed=("/livez", "/readyz", "/metrics")))
 
 
-@bentoml.asgi_app(app, path="/")
+@bentoml.asgi_app(BodyGuard(app, lambda: BODY_LIMITS), path="/")
 @bentoml.service(
     name="imgclf",
     workers=settings.workers,

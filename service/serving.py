@@ -19,7 +19,7 @@ from training.imaging import ImageError
 
 from . import metrics
 from .batching import MicroBatcher
-from .errors import InvalidInput, NotReady, ServiceError, from_image_error
+from .errors import InvalidInput, NotReady, PayloadTooLarge, ServiceError, from_image_error
 from .inference import Classifier, load_classifier
 from .registry import Registry
 from .results import Answer, ClassifyQuery, answer, check_query
@@ -248,6 +248,20 @@ class ServingState:
         finally:
             served.in_flight -= 1
 
+    def admit(self, count: int, sizes: list[int] | None = None) -> None:
+        """The one admission rule for every protocol and input form: at most ``max_batch_images`` images a
+        request, each encoded image at most ``max_upload_bytes`` (pixels and decode budget are checked by
+        the decoder, the same for all). Raises :class:`PayloadTooLarge` or :class:`InvalidInput`."""
+        limit = self.settings.max_batch_images
+        if count < 1:
+            raise InvalidInput("the request holds no images", reason="no_images")
+        if count > limit:
+            raise PayloadTooLarge(f"{count} images in one request; the maximum is {limit}", reason="too_many_images")
+        for i, size in enumerate(sizes or ()):
+            if size > self.settings.max_upload_bytes:
+                raise PayloadTooLarge(f"image {i} is {size} bytes; the maximum is {self.settings.max_upload_bytes} "
+                                      "bytes", reason="too_large")  # fmt: skip
+
     async def classify(
         self, images: list[bytes], query: ClassifyQuery, endpoint: str
     ) -> tuple[Classifier, list[ClassifyResult]]:
@@ -255,6 +269,7 @@ class ServingState:
 
         A bad image gets its own error and does not fail the others; a bad query fails the request.
         """
+        self.admit(len(images), [len(d) for d in images])
         with self._use() as served:
             clf = served.classifier
             query = check_query(clf.task, query, self.settings.default_top_k)
@@ -264,11 +279,13 @@ class ServingState:
 
     async def probabilities(self, images: list[bytes], endpoint: str) -> tuple[Classifier, list]:
         """Class probabilities (or a :class:`ServiceError`) per encoded image, and the model that answered."""
+        self.admit(len(images), [len(d) for d in images])
         with self._use() as served:
             return served.classifier, await self._probabilities(served, images, endpoint)
 
     async def probabilities_of_tensors(self, batch: np.ndarray, endpoint: str) -> tuple[Classifier, np.ndarray]:
         """Probabilities for already-preprocessed float32 images (N, C, H, W) of the served model's shape."""
+        self.admit(len(batch) if batch.ndim else 0)
         with self._use() as served:
             clf = served.classifier
             if batch.ndim != 4 or tuple(batch.shape[1:]) != clf.input_shape:

@@ -34,7 +34,20 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
     threads: int | None = Field(None, ge=1, description="Inference threads per worker (default: cores / workers).")
     max_concurrency: int = Field(256, ge=1, description="Requests in flight per worker before 429.")
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest body of a request carrying several images (batch, JSON, /v2)."
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A request body must arrive within this time of its headers (else 408)."
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="A request's headers must arrive within this time (else 408)."
+    )
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request head (431).")
+    max_connections: int = Field(
+        512, ge=8, description="Open HTTP connections per worker; past it the slowest waiting one is shed."
+    )
     max_pixels: int = Field(40_000_000, ge=64, description="Largest accepted image (width x height).")
     max_batch_images: int = Field(64, ge=1, le=1024, description="Most images in one classify_batch request.")
     default_top_k: int = Field(5, ge=1)

@@ -115,3 +115,21 @@ def test_fuzz_decode_briefly(tmp_path):
     tail = done.stderr[-3000:]
     assert done.returncode == 0, tail
     assert "Done" in tail and not list(tmp_path.glob("crash-*")), tail
+
+
+def test_a_tiff_of_too_many_strips_is_refused_before_decoding():
+    """Within the pixel limit, but one row a strip: the decode budget refuses it at once, with what to do."""
+    import io
+    import time
+
+    from training.imaging import ImageError, decode_image
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 40_000)).save(buf, "TIFF", tiffinfo={278: 1})  # RowsPerStrip 1: 40,000 strips
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="40000 strips or tiles; at most 1024") as err:
+        decode_image(buf.getvalue())
+    assert err.value.reason == "too_complex" and time.perf_counter() - start < 1.0
+    ok = io.BytesIO()
+    Image.new("RGB", (640, 480)).save(ok, "TIFF")  # Pillow's default strips
+    assert decode_image(ok.getvalue()).size == (640, 480)

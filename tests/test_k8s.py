@@ -112,3 +112,17 @@ def test_prometheus_rule_resource_holds_the_same_rules():
     rule = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"] == yaml.safe_load((MONITORING / "alerts.yml").read_text())
+
+
+def test_the_ingress_holds_the_service_limits():
+    """The proxy in front enforces what the workers do (README, Reliability), so slow clients stop there."""
+    from service.settings import Settings
+
+    [ingress] = [d for d in render("cpu") if d["kind"] == "Ingress"]
+    validate(ingress)
+    notes = ingress["metadata"]["annotations"]
+    body_mib = Settings().max_request_bytes // 1024**2
+    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == f"{body_mib}m"
+    assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "imgclf", "port": {"name": "http"}}

@@ -267,3 +267,35 @@ def test_locust_grpc_user_runs_clean(oip_server, tmp_path):
         total = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
     failures = (tmp_path / "run_failures.csv").read_text() if (tmp_path / "run_failures.csv").is_file() else ""
     assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0, (total, failures, said)
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": "x"}]}, "inputs.0.shape"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}]}, "inputs.0.shape.0"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2**40]}]}, "inputs.0.shape.0"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1] * 9}]}, "inputs.0.shape"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                  "parameters": {"binary_data_size": "abc"}}]}, "binary_data_size"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}], "outputs": "all"}, "outputs"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}], "outputs": [{"name": "p",
+      "parameters": {"classification": "3"}}]}, "classification"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}], "parameters": []}, "parameters"),
+    ({"inputs": []}, "inputs"),
+])  # fmt: skip
+def test_every_field_of_a_v2_request_is_validated_before_any_work(doc, message):
+    import json
+
+    with pytest.raises(InvalidInput, match="does not fit the protocol") as err:
+        parse_request("m", "", json.dumps(doc).encode(), None)
+    assert message in err.value.message and err.value.reason == "bad_json"
+
+
+def test_deeply_nested_json_and_bad_tensors_are_invalid_input_not_errors():
+    with pytest.raises(InvalidInput, match="nested too deeply"):
+        parse_request("m", "", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None)
+    ragged = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2], "data": [[1], [1, 2]]}]}
+    with pytest.raises(InvalidInput):
+        parse_request("m", "", httpx.Request("POST", "/", json=ragged).read(), None)
+    for shape in ([-1, -1], [2**31], [1] * 9):  # gRPC FP32 shapes arrive as plain integers
+        with pytest.raises(InvalidInput, match="non-negative integers"):
+            oip.decode_numeric(b"", "FP32", shape)

@@ -54,3 +54,46 @@ def test_request_fields_land_in_the_config(settings, tmp_path):
     assert cfg.threads == settings.retrain_threads and cfg.save and not cfg.resume
     no_feedback = job_config(RetrainRequest(data="ds", include_feedback=False), settings, None)
     assert no_feedback.data.extra_train == []
+
+
+def test_odd_data_values_are_refused_with_what_is_accepted(settings):
+    roots = settings.allowed_roots()
+    for bad in ("ds\x00", "", "x" * 2000, "ds\n"):
+        with pytest.raises(InvalidInput, match="no control characters"):
+            resolve_data(bad, roots)
+
+
+def test_overrides_are_bounded_as_request_fields_are(settings):
+    for key, value in (("epochs", 100_000), ("batch_size", 10**6), ("model.width", 4096), ("max_minutes", 10.0**6)):
+        with pytest.raises(InvalidInput, match=f"{key}={value} is out of range"):
+            job_config(RetrainRequest(data="ds", overrides={key: value}), settings, None)
+    assert job_config(RetrainRequest(data="ds", overrides={"epochs": 1000}), settings, None).epochs == 1000
+    with pytest.raises(InvalidInput, match="set by the service"):
+        job_config(RetrainRequest(overrides={"data.allowed_roots": ["/"]}), settings, None)
+
+
+def test_every_file_a_job_reads_must_resolve_inside_the_data_roots(settings, tmp_path):
+    """A CSV inside a root listing files elsewhere, and an image in a class folder that links out of the root: those
+    files are listed as skipped and never read."""
+    from conftest import colour_image
+
+    from training.data import load_splits
+
+    outside = tmp_path / "outside"
+    (outside / "red").mkdir(parents=True)
+    data = tmp_path / "data"
+    for name, rgb in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        (data / "ds" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            colour_image(rgb, 16, seed=i).save(data / "ds" / name / f"{i}.png")
+    colour_image((220, 40, 40), 16, seed=99).save(outside / "red" / "secret.png")
+    (data / "ds" / "red" / "more.png").symlink_to(outside / "red" / "secret.png")
+    rows = [f"ds/red/{i}.png,red" for i in range(6)] + [f"ds/blue/{i}.png,blue" for i in range(6)]
+    (data / "m.csv").write_text("path,label\n" + "\n".join([*rows, f"{outside / 'red' / 'secret.png'},red"]) + "\n")
+    for source in ("ds", "m.csv"):
+        cfg = job_config(RetrainRequest(data=source, include_feedback=False), settings, None)
+        splits = load_splits(cfg.data)
+        keys = [s.key for s in splits.train + splits.val + splits.test]
+        assert not any("outside" in k or "more.png" in k for k in keys), keys
+        refused = [s for s in splits.skipped if "outside the allowed data roots" in s.reason]
+        assert len(refused) == 1 and refused[0].reason.endswith("not read"), splits.skipped

@@ -52,6 +52,11 @@ class DataConfig(_Section):
         description="A recorded split (split.json of a stored model): its test images become the test split "
         "and are kept out of training, so two models are compared on exactly the same images.",
     )
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="When set, only files that resolve (links followed) under one of these folders are read; "
+        "others are skipped and listed. The service sets it for retrain jobs (IMGCLF_DATA_ROOTS).",
+    )
     balance: Literal["none", "loss", "sampler"] = Field(
         "none", description="Class imbalance handling: class-weighted loss or a weighted sampler."
     )

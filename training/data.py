@@ -49,8 +49,25 @@ SPLIT_DIRS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------- checking files
-def _check_file(path: Path, min_size: int) -> tuple[str, str | None]:
-    """Return (content digest, None) for a usable image, or ("", reason) for a bad one."""
+def allowed_roots(cfg: DataConfig) -> tuple[Path, ...]:
+    """``data.allowed_roots`` resolved (empty: any file may be read)."""
+    return tuple(Path(r).resolve() for r in cfg.allowed_roots)
+
+
+def _outside(path: Path, roots: tuple[Path, ...]) -> str | None:
+    """Why ``path`` may not be read (links resolved first), or None when it lies under one of ``roots``."""
+    if not roots:
+        return None
+    real = path.resolve()
+    if any(real.is_relative_to(root) for root in roots):
+        return None
+    return f"outside the allowed data roots ({', '.join(map(str, roots))}): resolves to {real}; not read"
+
+
+def _check_file(path: Path, min_size: int, roots: tuple[Path, ...] = ()) -> tuple[str, str | None]:
+    """Return (content digest, None) for a usable image, or ("", reason) for a bad one (or one not to read)."""
+    if refused := _outside(path, roots):
+        return "", refused
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -65,14 +82,16 @@ def _check_file(path: Path, min_size: int) -> tuple[str, str | None]:
 
 
 def _check_all(
-    candidates: list[tuple[Path, int]], min_size: int, first_seen: dict[str, str] | None = None
-) -> tuple[list[Sample], list[Skipped]]:
+    candidates: list[tuple[Path, int]], min_size: int, first_seen: dict[str, str] | None = None,
+    roots: tuple[Path, ...] = (),
+) -> tuple[list[Sample], list[Skipped]]:  # fmt: skip
     """Decode every candidate (in threads: Pillow releases the GIL), drop bad files and duplicates.
 
     ``first_seen`` (digest -> path) carries duplicate detection across calls, e.g. across splits.
+    ``roots``: when given, a file that does not resolve under one of them is listed and never read.
     """
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(lambda c: _check_file(c[0], min_size), candidates))
+        results = list(pool.map(lambda c: _check_file(c[0], min_size, roots), candidates))
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     first_seen = {} if first_seen is None else first_seen
@@ -158,7 +177,7 @@ def scan_folder(root: Path, cfg: DataConfig) -> DataSplits:
             images, others = _images_under(base / name)
             candidates += [(p, class_to_idx[name]) for p in images]
             skipped += [Skipped(str(p), _unsupported(p)) for p in others]
-        samples, bad = _check_all(candidates, cfg.min_size, seen)
+        samples, bad = _check_all(candidates, cfg.min_size, seen, roots=allowed_roots(cfg))
         return samples, skipped + bad
 
     if split_roots:
@@ -286,7 +305,8 @@ def read_manifest(csv_path: Path, cfg: DataConfig) -> DataSplits:
     else:
         class_names = sorted({n for _, names, _ in entries for n in names})
     class_to_idx = {name: i for i, name in enumerate(class_names)}
-    samples, bad = _check_all([(p, class_to_idx[names[0]] if names else -1) for p, names, _ in entries], cfg.min_size)
+    samples, bad = _check_all([(p, class_to_idx[names[0]] if names else -1) for p, names, _ in entries], cfg.min_size,
+                              roots=allowed_roots(cfg))  # fmt: skip
     if multi:
         labels_of = {str(p): tuple(class_to_idx[n] for n in names) for p, names, _ in entries}
         samples = multi_label_samples((s.key, labels_of[s.key], s.digest) for s in samples)
@@ -370,7 +390,7 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         splits.val = cap_per_class(splits.val, max(1, n // 4), cfg.split_seed)
         splits.test = cap_per_class(splits.test, max(1, n // 4), cfg.split_seed)
     for root in cfg.extra_train:
-        add_extra_train(splits, Path(root), cfg.min_size)
+        add_extra_train(splits, Path(root), cfg.min_size, allowed_roots(cfg))
     if cfg.holdout:
         apply_holdout(splits, Path(cfg.holdout))
     for s in splits.skipped:
@@ -392,7 +412,7 @@ def set_taxonomy(splits: DataSplits, cfg: DataConfig) -> DataSplits:
     return splits
 
 
-def add_extra_train(splits: DataSplits, root: Path, min_size: int) -> DataSplits:
+def add_extra_train(splits: DataSplits, root: Path, min_size: int, roots: tuple[Path, ...] = ()) -> DataSplits:
     """Add the images of a class-per-folder ``root`` to the training split (feedback, say).
 
     Folder names are percent-decoded (``T-shirt%2Ftop`` is ``T-shirt/top``). Classes the source
@@ -417,7 +437,7 @@ def add_extra_train(splits: DataSplits, root: Path, min_size: int) -> DataSplits
         images, others = _images_under(folder)
         candidates += [(p, splits.classes.index(name)) for p in images]
         splits.skipped += [Skipped(str(p), _unsupported(p)) for p in others]
-    samples, bad = _check_all(candidates, min_size, seen)
+    samples, bad = _check_all(candidates, min_size, seen, roots=roots)
     splits.train += samples
     splits.skipped += bad
     log.info("added %d training images from %s", len(samples), root)

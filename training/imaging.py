@@ -17,6 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 40_000_000
+# Decode budget: work is bounded by structure, not only by pixels. A TIFF's strips or tiles each cost
+# Pillow a seek and a decoder call (a million one-row strips took 14-27 s), so there may be at most
+# MAX_TIFF_CHUNKS of them, and no more than one per TIFF_PIXELS_PER_CHUNK pixels beyond the first 1,024.
+MAX_TIFF_CHUNKS = 16_384
+TIFF_PIXELS_PER_CHUNK = 1024
 # Formats Pillow reports under another name for files we accept.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 
@@ -37,8 +42,8 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     """Open and fully decode the first frame of an image, checking format and size first.
 
     Raises:
-        ImageError: reason ``empty``, ``not_an_image``, ``unsupported_format``, ``too_many_pixels``
-            or ``truncated``.
+        ImageError: reason ``empty``, ``not_an_image``, ``unsupported_format``, ``too_many_pixels``,
+            ``too_complex`` (a decode budget: see ``MAX_TIFF_CHUNKS``) or ``truncated``.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
@@ -67,12 +72,26 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
             "too_many_pixels",
             f"image is {width}x{height} = {width * height} pixels; the maximum is {max_pixels} pixels",
         )
+    _check_structure(img, fmt)
     try:
         img.seek(0)
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError("truncated", f"the image data is truncated or corrupt ({exc})") from None
     return img
+
+
+def _check_structure(img: Image.Image, fmt: str) -> None:
+    """Refuse images whose structure would cost far more to decode than their pixels suggest."""
+    if fmt != "TIFF":
+        return
+    tags = getattr(img, "tag_v2", {})
+    chunks = max(len(tags.get(273, ()) or ()), len(tags.get(324, ()) or ()))  # StripOffsets, TileOffsets
+    allowed = min(MAX_TIFF_CHUNKS, max(1024, img.width * img.height // TIFF_PIXELS_PER_CHUNK))
+    if chunks > allowed:
+        raise ImageError("too_complex", f"the TIFF is split into {chunks} strips or tiles; at most {allowed} are "
+                                        f"accepted for a {img.width}x{img.height} image (re-save it with "
+                                        "larger strips, or as PNG or JPEG)")  # fmt: skip
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
