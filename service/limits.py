@@ -16,6 +16,7 @@ and the documented ``{"error", "reason"}`` body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from . import metrics
 
+IMAGE_ROUTES = ("/classify", "/classify_batch", "/classify_json", "/v2/infer")
 SMALL_BODY = 64 * 1024  # admin and metadata routes: JSON of a few fields
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around one image
 
@@ -56,9 +58,13 @@ class BodyRefused(Exception):
 class BodyGuard:
     """ASGI middleware: read each request's body under its size and time limits, then run the app on it."""
 
-    def __init__(self, app: Callable, limits: Callable[[], BodyLimits]):
+    def __init__(self, app: Callable, limits: Callable[[], BodyLimits],
+                 arriving: Callable[[], contextlib.AbstractContextManager] | None = None):  # fmt: skip
         self.app = app
         self.limits = limits  # a getter: settings are read in the worker, not at import
+        # The batcher's hint that images are on their way (ServingState.arriving) while an image route's body
+        # arrives: an idle batcher may wait up to max_latency_ms for it. It is no in-flight slot.
+        self.arriving = arriving or contextlib.nullcontext
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -67,7 +73,8 @@ class BodyGuard:
         limits = self.limits()
         limit, route = body_limit(scope["path"], limits)
         try:
-            body = await self._read(scope, receive, limit, limits.timeout)
+            with self.arriving() if route in IMAGE_ROUTES else contextlib.nullcontext():
+                body = await self._read(scope, receive, limit, limits.timeout)
         except BodyRefused as refused:
             metrics.REJECTED.labels(route, refused.reason).inc()
             await _refuse(send, refused)

@@ -10,9 +10,10 @@ itself still sees the real path.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Mount, compile_path
 
 OTHER = "other"
 
@@ -23,22 +24,30 @@ def route_labeller(routes: list[BaseRoute], fixed: tuple[str, ...] = ()) -> Call
     ``fixed``: paths served outside ``routes`` (BentoML's own probes and ``/metrics``), labelled as they are.
     """
     cache: dict[str, str] = {p: p for p in fixed}
+    templates = list(_templates(routes))
 
     def label(scope: dict) -> str:
         path = scope["path"]
         if path in cache:
             return cache[path]
-        found = OTHER
-        for route in routes:
-            match, _ = route.matches({**scope, "type": "http", "method": scope.get("method", "GET")})
-            if match != Match.NONE:
-                found = getattr(route, "path", OTHER) or OTHER
-                break
+        found = next((template for template, regex in templates if regex.match(path)), OTHER)
         if found == path and len(cache) < 1024:  # only fixed paths are worth remembering; templates vary
             cache[path] = found
         return found
 
     return label
+
+
+def _templates(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, re.Pattern]]:
+    """(template, regex) of every route, included routers flattened (FastAPI includes them lazily)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _templates(inner.routes, prefix + route.include_context.prefix)
+        elif isinstance(route, Mount):
+            yield prefix + route.path, re.compile("^" + re.escape(prefix + route.path) + "(/.*)?$")
+        elif getattr(route, "path", None):
+            yield prefix + route.path, compile_path(prefix + route.path)[0]
 
 
 def install(label: Callable[[dict], str]) -> None:
