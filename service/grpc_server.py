@@ -60,9 +60,11 @@ def observed(fn: Callable) -> Callable:
             await context.abort(code, err.message)
         except Exception:
             code = context.code() or grpc.StatusCode.UNKNOWN
-            if code == grpc.StatusCode.UNKNOWN:
-                log.exception("gRPC %s failed", method)
-            raise
+            if code != grpc.StatusCode.UNKNOWN:
+                raise  # an abort already chose its status
+            log.exception("gRPC %s failed", method)
+            code = grpc.StatusCode.INTERNAL  # never Python's exception text to the client
+            await context.abort(code, "internal error; the server log has the details")
         finally:
             metrics.GRPC_REQUESTS.labels(method, code.name).inc()
             metrics.GRPC_SECONDS.labels(method).observe(time.perf_counter() - start)

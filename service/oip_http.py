@@ -143,7 +143,12 @@ def parse_request(name: str, version: str, body: bytes, header_length: str | Non
         raise InvalidInput(f"the inference request does not fit the protocol: {problems}",
                            reason="bad_json") from None  # fmt: skip
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        what = "is nested too deeply" if isinstance(exc, RecursionError) else f"is not valid JSON: {exc}"
+        if isinstance(exc, RecursionError):
+            what = "is nested too deeply"
+        elif isinstance(exc, json.JSONDecodeError):
+            what = f"is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        else:
+            what = "is not valid JSON (UTF-8 text expected)"
         raise InvalidInput(f"the inference request {what}", reason="bad_json") from None
     binary, offset = body[size:], 0
     inputs = []

@@ -39,7 +39,9 @@ async def read_form(request: Request, limit: int, max_files: int):
     try:
         return await request.form(max_files=max_files, max_fields=max_files + 8)
     except Exception as exc:  # noqa: BLE001 - starlette raises several kinds for a broken multipart body
-        raise InvalidInput(f"malformed multipart body: {exc}", reason="bad_multipart") from None
+        raise InvalidInput("malformed multipart body: the boundary, a part's headers or the form limits are broken "
+                           f"({type(exc).__name__}); send multipart/form-data as an HTTP library writes it",
+                           reason="bad_multipart") from None  # fmt: skip
 
 
 async def file_bytes(value: Any, field: str, limit: int) -> bytes:

@@ -131,3 +131,29 @@ def test_a_newer_schema_is_refused(tmp_path):
         conn.execute(sa.insert(db.schema_version).values(version=db.SCHEMA_VERSION + 1))
     with pytest.raises(RuntimeError, match="newer than this code"):
         db.migrate(reg.engine)
+
+
+def test_promote_records_the_exact_stored_version_never_an_alias(trained_model, tmp_path):
+    """name:latest, or a version in other letter case, is resolved before anything is recorded: workers compare
+    the champion with the tag they serve, so an alias would make every worker reload at every poll."""
+    from service.errors import InvalidInput, NotFound
+    from service.operations import Operations
+    from service.settings import Settings
+    from training import store
+
+    tag, _ = trained_model
+    name, version = tag.split(":")
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+
+    class Waker:  # the serving state's one method promote calls: wake the watcher
+        def wake(self) -> None:
+            pass
+
+    ops = Operations(Settings(model_name=name, jobs_dir=tmp_path / "jobs"), registry, Waker())
+    for alias in (f"{name}:latest", f"{name}:{version.upper()}", f"{name.upper()}:{version}"):
+        ops.promote(alias, "test")
+        assert registry.champion(name) == str(store.get(alias).tag) and ":latest" not in registry.champion(name)
+    with pytest.raises(NotFound):
+        ops.promote(f"{name}:doesnotexist", "test")
+    with pytest.raises(InvalidInput, match="not a version of"):
+        ops.promote("other:latest", "test")

@@ -171,3 +171,11 @@ def test_web_page_script_parses():
         pytest.skip("node is not installed; the browser test (tests/test_ui.py) covers the page")
     script = Path(__file__).resolve().parents[1] / "service" / "ui" / "app.js"
     subprocess.run([node, "--check", str(script)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("top_k", ["²", "٣", "1e3", "0x10", "9" * 30])
+def test_a_form_top_k_in_other_digits_is_a_400_not_a_crash(client, top_k):
+    from conftest import colour_image, encode
+
+    r = client.post("/classify", files={"image": ("x.png", encode(colour_image((1, 2, 3))))}, data={"top_k": top_k})
+    assert r.status_code == 400 and r.json()["reason"] == "bad_top_k", r.text
