@@ -150,9 +150,18 @@ def test_promote_records_the_exact_stored_version_never_an_alias(trained_model, 
             pass
 
     ops = Operations(Settings(model_name=name, jobs_dir=tmp_path / "jobs"), registry, Waker())
-    for alias in (f"{name}:latest", f"{name}:{version.upper()}", f"{name.upper()}:{version}"):
-        ops.promote(alias, "test")
-        assert registry.champion(name) == str(store.get(alias).tag) and ":latest" not in registry.champion(name)
+    latest = str(store.get(f"{name}:latest").tag)
+    for alias, exact in (
+        (f"{name}:latest", latest),
+        (f"{name}:{version.upper()}", tag),
+        (f"{name.upper()}:{version}", tag),
+    ):
+        if registry.champion(name) == exact:  # the registry compares exact tags: the alias is that champion
+            with pytest.raises(Conflict, match=f"{exact} is already the champion"):
+                ops.promote(alias, "test")
+        else:
+            ops.promote(alias, "test")
+        assert registry.champion(name) == exact
     with pytest.raises(NotFound):
         ops.promote(f"{name}:doesnotexist", "test")
     with pytest.raises(InvalidInput, match="not a version of"):
