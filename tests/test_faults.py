@@ -33,8 +33,8 @@ IMAGE = encode(colour_image((220, 40, 40), 32, seed=9))
 def serve(trained_model, tmp_path: Path, **extra: str) -> Server:
     tag, _ = trained_model
     env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="torch", IMGCLF_ADMIN_TOKEN=TOKEN,
-               IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
-               **extra)  # fmt: skip
+               IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}")
+    env.update(extra)  # fmt: skip
     return Server(env, tmp_path / "serve.log").start()
 
 
@@ -174,17 +174,24 @@ def test_over_the_concurrency_limit_is_a_429_and_cors_is_off(trained_model, tmp_
 
 
 def test_no_outbound_connection_at_start_up_or_for_requests(trained_model, tmp_path):
-    """strace every connect() of the server and its workers: loopback and local sockets only."""
+    """strace every connect() of the server and its workers: loopback and local sockets only. And every file
+    opened for writing: none under the home directory (ONNX Runtime, matplotlib and friends keep caches there
+    unless told otherwise; a pod with a read-only root and no writable home must not depend on it)."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.fail("strace is not installed (make setup installs it)")
     tag, _ = trained_model
     trace = tmp_path / "connect.trace"
-    server = serve(trained_model, tmp_path, IMGCLF_MODEL_TAG=tag)
+    server = serve(trained_model, tmp_path, IMGCLF_MODEL_TAG=tag, IMGCLF_RUNTIME="onnx")
     server.stop()  # restart the same set-up under strace
-    env = dict(server.env)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(server.env, HOME=str(home))
+    env.pop("XDG_CACHE_HOME", None)
+    env.pop("MPLCONFIGDIR", None)
     port = free_port()
-    cmd = [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(trace), sys.executable, "-m", "bentoml", "serve",
+    cmd = [strace, "-f", "-qq", "-e", "trace=connect,openat,mkdir,mkdirat", "-o", str(trace), sys.executable, "-m",
+           "bentoml", "serve",
            "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -208,6 +215,10 @@ def test_no_outbound_connection_at_start_up_or_for_requests(trained_model, tmp_p
     assert calls, "strace saw no connect() at all"
     outbound = [line for line in calls if not is_local(line)]
     assert not outbound, outbound[:5]
+    writes = [line for line in trace.read_text().splitlines() if str(home) in line and
+              ("mkdir" in line or re.search(r"O_(WRONLY|RDWR|CREAT)", line))]  # fmt: skip
+    assert not writes, writes[:5]
+    assert not any(home.iterdir()), sorted(home.rglob("*"))[:5]
 
 
 def is_local(connect_line: str) -> bool:
