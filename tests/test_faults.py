@@ -32,8 +32,13 @@ IMAGE = encode(colour_image((220, 40, 40), 32, seed=9))
 
 def serve(trained_model, tmp_path: Path, **extra: str) -> Server:
     tag, _ = trained_model
-    env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_RUNTIME="torch", IMGCLF_ADMIN_TOKEN=TOKEN,
-               IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}")
+    env = dict(
+        IMGCLF_MODEL_NAME=tag.split(":")[0],
+        IMGCLF_RUNTIME="torch",
+        IMGCLF_ADMIN_TOKEN=TOKEN,
+        IMGCLF_REGISTRY_POLL_SECONDS="1",
+        IMGCLF_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
+    )
     env.update(extra)  # fmt: skip
     return Server(env, tmp_path / "serve.log").start()
 

@@ -133,3 +133,18 @@ def test_a_tiff_of_too_many_strips_is_refused_before_decoding():
     ok = io.BytesIO()
     Image.new("RGB", (640, 480)).save(ok, "TIFF")  # Pillow's default strips
     assert decode_image(ok.getvalue()).size == (640, 480)
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding():
+    """Start-of-scan markers cannot occur inside entropy-coded data, so counting them is exact and cheap."""
+    from training.imaging import MAX_JPEG_SCANS, ImageError, decode_image
+
+    progressive = encode(Image.new("RGB", (64, 64), (10, 200, 30)), "JPEG", progressive=True)
+    assert decode_image(progressive).size == (64, 64)  # an ordinary progressive JPEG: about 10 scans
+    head, _, tail = progressive.rpartition(b"\xff\xd9")  # append empty scans before the end-of-image marker
+    sos = progressive[progressive.index(b"\xff\xda") :][:14]  # one scan header, reused
+    bomb = head + sos * (MAX_JPEG_SCANS + 1) + b"\xff\xd9" + tail
+    for draft in (None, 32):  # serving decodes JPEGs in draft mode: the same rule holds there
+        with pytest.raises(ImageError, match=f"scans; at most {MAX_JPEG_SCANS}") as err:
+            decode_image(bomb, draft_size=draft)
+        assert err.value.reason == "too_complex"

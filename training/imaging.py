@@ -22,6 +22,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # MAX_TIFF_CHUNKS of them, and no more than one per TIFF_PIXELS_PER_CHUNK pixels beyond the first 1,024.
 MAX_TIFF_CHUNKS = 16_384
 TIFF_PIXELS_PER_CHUNK = 1024
+# A progressive JPEG decodes every scan over the whole image; encoders write about 10. Thousands of scans
+# (each a start-of-scan marker, which entropy-coded data cannot contain) multiply the decode time.
+MAX_JPEG_SCANS = 100
 # Formats Pillow reports under another name for files we accept.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 
@@ -72,7 +75,7 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
             "too_many_pixels",
             f"image is {width}x{height} = {width * height} pixels; the maximum is {max_pixels} pixels",
         )
-    _check_structure(img, fmt)
+    _check_structure(img, fmt, source if isinstance(source, bytes | bytearray | memoryview) else None)
     try:
         img.seek(0)
         img.load()
@@ -81,8 +84,14 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     return img
 
 
-def _check_structure(img: Image.Image, fmt: str) -> None:
+def _check_structure(img: Image.Image, fmt: str, data: bytes | bytearray | memoryview | None) -> None:
     """Refuse images whose structure would cost far more to decode than their pixels suggest."""
+    if fmt == "JPEG" and data is not None:
+        scans = bytes(data).count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError("too_complex", f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted "
+                                            "(re-save it as a baseline or ordinary progressive JPEG)")  # fmt: skip
+        return
     if fmt != "TIFF":
         return
     tags = getattr(img, "tag_v2", {})
@@ -134,6 +143,7 @@ def _open_draft(source: bytes | str | Path, max_pixels: int, draft_size: int) ->
     try:
         img = Image.open(fp)
         if img.format == "JPEG" and img.width * img.height <= max_pixels:
+            _check_structure(img, "JPEG", source if isinstance(source, bytes | bytearray | memoryview) else None)
             scale = min(img.width, img.height) / draft_size
             if scale >= 2:
                 img.draft(img.mode, (int(img.width / scale), int(img.height / scale)))
