@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from training import store
 
 from . import metrics
-from .errors import NotFound, Overloaded, PayloadTooLarge, ServiceError
+from .errors import NotFound, Overloaded, ServiceError
 from .inference import Classifier
 from .parsing import b64decode, many_images, single_image
 from .results import ClassifyQuery
@@ -151,9 +151,7 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
               summary="Classify base64-encoded images sent as JSON")  # fmt: skip
     async def classify_json(body: ClassifyJSONRequest) -> ClassifyBatchResponse:
         async def run(state: ServingState) -> ClassifyBatchResponse:
-            if len(body.images) > state.settings.max_batch_images:
-                raise PayloadTooLarge(f"{len(body.images)} images in one request; the maximum is "
-                                      f"{state.settings.max_batch_images}", reason="too_many_images")  # fmt: skip
+            state.admit(len(body.images))  # before any decoding: the one admission rule
             images = [b64decode(s, i, state.settings.max_upload_bytes) for i, s in enumerate(body.images)]
             return _batch_response(
                 *await state.classify(images, ClassifyQuery(body.top_k, body.level), "/classify_json")

@@ -42,7 +42,6 @@ class ConnectionLimits:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits = ConnectionLimits()
-    shed_total = 0  # connections closed to make room (per worker), read by the metrics
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -117,7 +116,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(503, f"more than {self.limits.max_connections} open connections on this worker; retry")
             return
         oldest = min(waiting, key=lambda c: c._waiting_since)
-        type(self).shed_total += 1
         if oldest._started:
             oldest._refuse(408, "the connection was closed to make room: its request headers were too slow")
         else:

@@ -58,10 +58,10 @@ class BodyRefused(Exception):
 class BodyGuard:
     """ASGI middleware: read each request's body under its size and time limits, then run the app on it."""
 
-    def __init__(self, app: Callable, limits: Callable[[], BodyLimits],
+    def __init__(self, app: Callable, limits: BodyLimits,
                  arriving: Callable[[], contextlib.AbstractContextManager] | None = None):  # fmt: skip
         self.app = app
-        self.limits = limits  # a getter: settings are read in the worker, not at import
+        self.limits = limits
         # The batcher's hint that images are on their way (ServingState.arriving) while an image route's body
         # arrives: an idle batcher may wait up to max_latency_ms for it. It is no in-flight slot.
         self.arriving = arriving or contextlib.nullcontext
@@ -70,7 +70,7 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limits = self.limits()
+        limits = self.limits
         limit, route = body_limit(scope["path"], limits)
         try:
             with self.arriving() if route in IMAGE_ROUTES else contextlib.nullcontext():

@@ -41,7 +41,7 @@ app = create_app(_state, _ops)
 route_labels.install(route_labels.route_labeller(app.routes, fixed=("/livez", "/readyz", "/metrics")))
 
 
-@bentoml.asgi_app(BodyGuard(app, lambda: BODY_LIMITS, arriving=lambda: _state().arriving()), path="/")
+@bentoml.asgi_app(BodyGuard(app, BODY_LIMITS, arriving=lambda: _state().arriving()), path="/")
 @bentoml.service(
     name="imgclf",
     workers=settings.workers,
