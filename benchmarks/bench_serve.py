@@ -38,8 +38,8 @@ WRK_SCRIPT = ROOT / "loadtests" / "wrk_classify.lua"
 sys.path.insert(0, str(ROOT))
 
 from loadtests.server import Server  # noqa: E402
-from service.inference import load_classifier  # noqa: E402
-from service.serving import resolve_tag  # noqa: E402
+from service.inference.classifier import load_classifier  # noqa: E402
+from service.serving.state import resolve_tag  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 

@@ -73,8 +73,8 @@ def main() -> None:
         return
 
     from benchmarks.bench_serve import in_process, sample_images
-    from service.inference import load_classifier
-    from service.serving import resolve_tag
+    from service.inference.classifier import load_classifier
+    from service.serving.state import resolve_tag
     from service.settings import Settings
 
     settings = Settings(model_name=args.model, runtime="auto", max_batch_size=args.batch)

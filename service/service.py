@@ -3,6 +3,7 @@
 bentoml serve            # from the repo root (bentofile.yaml names service.service:ImageClassifier)
 """
 
+# ruff: noqa: E402 - the environment is configured before BentoML is imported
 from __future__ import annotations
 
 import logging
@@ -13,14 +14,18 @@ configure_environment()
 
 import bentoml  # noqa: E402
 
-from . import connections, metrics, route_labels  # noqa: E402
-from .app import create_app  # noqa: E402
-from .grpc_server import GrpcServer  # noqa: E402
-from .limits import BodyGuard, BodyLimits  # noqa: E402
-from .operations import Operations  # noqa: E402
-from .registry import Registry  # noqa: E402
-from .serving import ServingState  # noqa: E402
-from .settings import get_settings  # noqa: E402
+from service import telemetry
+from service.edge import (
+    connections,
+    route_labels,  # noqa: E402
+)
+from service.edge.app import create_app  # noqa: E402
+from service.edge.limits import BodyGuard, BodyLimits  # noqa: E402
+from service.protocols.grpc_server import GrpcServer  # noqa: E402
+from service.retraining.operations import Operations  # noqa: E402
+from service.retraining.registry import Registry  # noqa: E402
+from service.serving.state import ServingState  # noqa: E402
+from service.settings import get_settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -61,7 +66,7 @@ class ImageClassifier:
         self.state = ServingState(settings, registry)
         self.ops = Operations(settings, registry, self.state)
         self.state.load()
-        self.state.tasks += [self.ops.tick, metrics.observe_process]
+        self.state.tasks += [self.ops.tick, telemetry.observe_process]
         self.state.start_watching()
         self.grpc = GrpcServer(self.state, settings) if settings.grpc_port else None
 

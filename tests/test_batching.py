@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher
+from service.inference.batching import MicroBatcher
 
 
 def recording(scale: float = 1.0, seconds: float = 0.0):

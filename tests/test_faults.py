@@ -21,7 +21,7 @@ import pytest
 from conftest import colour_image, encode
 
 from loadtests.server import Server, free_port
-from service.registry import Registry
+from service.retraining.registry import Registry
 from training import store
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """The promotion gate's pure decision."""
 
-from service.gate import GatePolicy, decide, summary
+from service.retraining.gate import GatePolicy, decide, summary
 
 POLICY = GatePolicy(tolerance=0.01, max_recall_drop=0.05)
 

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from service.jobs import KubernetesBackend, LocalBackend, describe_exit, proc_state, sweep
-from service.registry import Registry
+from service.retraining.backends import KubernetesBackend, LocalBackend, describe_exit, proc_state, sweep
+from service.retraining.registry import Registry
 from service.settings import Settings
 
 
@@ -22,7 +22,7 @@ def test_kubernetes_manifest_is_the_template_with_the_job_filled_in(tmp_path):
     pod = body["spec"]["template"]
     assert pod["metadata"]["labels"]["imgclf/job-id"] == "abc123"
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "service.retrain"] and container["args"] == ["abc123"]
+    assert container["command"] == ["python", "-m", "service.retraining.job"] and container["args"] == ["abc123"]
     assert {"name": "IMGCLF_JOB_ID", "value": "abc123"} in container["env"]
     assert pod["spec"]["restartPolicy"] == "Never" and body["spec"]["backoffLimit"] == 0
     assert backend.manifest({"id": "other"})["spec"]["template"]["spec"]["containers"][0]["args"] == ["other"]

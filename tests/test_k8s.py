@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.jobs import KubernetesBackend
+from service.retraining.backends import KubernetesBackend
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

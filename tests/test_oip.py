@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtests.server import Server
-from service import oip
 from service.errors import InvalidInput
-from service.oip_http import HEADER, parse_request
+from service.protocols import oip
+from service.protocols.v2_http import HEADER, parse_request
 from training.imaging import decode_image
 from training.store import load_model
 from training.transforms import EvalPreprocessor

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from postgres import postgres_server
 
-from service import db
 from service.errors import Conflict, JobConflict, NotFound
-from service.registry import Registry
+from service.retraining import db
+from service.retraining.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_promote_records_the_exact_stored_version_never_an_alias(trained_model, 
     """name:latest, or a version in other letter case, is resolved before anything is recorded: workers compare
     the champion with the tag they serve, so an alias would make every worker reload at every poll."""
     from service.errors import InvalidInput, NotFound
-    from service.operations import Operations
+    from service.retraining.operations import Operations
     from service.settings import Settings
     from training import store
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.inference import _split_batches
+from service.inference.classifier import _split_batches
 from training.store import load_model
 from training.transforms import EvalPreprocessor
 
@@ -33,7 +33,7 @@ def split_batches(tag: str, split: str) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- run in the child
 def fp32_max_difference(tag: str, name: str) -> float:
-    from service.runtimes import build_runtime
+    from service.inference.runtimes import build_runtime
 
     stored = load_model(tag)
     reference, other = build_runtime("torch", stored, threads=1), build_runtime(name, stored, threads=1)
@@ -41,7 +41,7 @@ def fp32_max_difference(tag: str, name: str) -> float:
 
 
 def auto_choice(tag: str) -> dict[str, Any]:
-    from service import inference
+    from service.inference.classifier import classifier as inference
     from service.settings import Settings
 
     calibrated: dict[str, np.ndarray] = {}
@@ -58,7 +58,7 @@ def auto_choice(tag: str) -> dict[str, Any]:
 
 
 def named_int8_with_a_perfect_bar(tag: str) -> dict[str, Any]:
-    from service.inference import choose_runtime
+    from service.inference.classifier import choose_runtime
     from service.settings import Settings
 
     settings = Settings(model_name="x", runtime="openvino-int8", agreement_threshold=1.0, max_batch_size=8)
@@ -69,7 +69,7 @@ def named_int8_with_a_perfect_bar(tag: str) -> dict[str, Any]:
 
 
 def cuda_auto_choice(tag: str) -> dict[str, Any]:
-    from service.inference import choose_runtime
+    from service.inference.classifier import choose_runtime
     from service.settings import Settings
 
     return choose_runtime(load_model(tag), Settings(model_name="x", max_batch_size=8), 1)[1]
@@ -105,7 +105,7 @@ def test_auto_on_a_gpu_measures_the_cuda_runtimes_and_gates_fp16_and_bf16(traine
 
 
 def test_cuda_runtimes_are_refused_with_a_reason_without_a_gpu(trained_model):
-    from service.runtimes import build_runtime
+    from service.inference.runtimes import build_runtime
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

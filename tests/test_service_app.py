@@ -8,8 +8,8 @@ from conftest import COLOURS, colour_image, encode
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.serving import ServingState
+from service.edge.app import create_app
+from service.serving.state import ServingState
 from service.settings import Settings
 
 
@@ -169,7 +169,7 @@ def test_web_page_script_parses():
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed; the browser test (tests/test_ui.py) covers the page")
-    script = Path(__file__).resolve().parents[1] / "service" / "ui" / "app.js"
+    script = Path(__file__).resolve().parents[1] / "service" / "edge" / "ui" / "app.js"
     subprocess.run([node, "--check", str(script)], check=True, capture_output=True)
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import make_folder_dataset, make_multilabel_dataset, make_tree_dataset
 
-from service import gate
 from service.errors import InvalidInput
-from service.results import ClassifyQuery, answer, check_query
+from service.inference.answers import ClassifyQuery, answer, check_query
+from service.retraining import gate
 from training.config import DataConfig
 from training.data import load_splits
 from training.metrics import hierarchy_metrics, multilabel_metrics, tune_thresholds

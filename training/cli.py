@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ._env import REPO_ROOT
+
 log = logging.getLogger("training")
 
 # CLI flag -> dotted config key; every flag is a shortcut for --set KEY=VALUE.
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The default model's recipe: `python -m training train` with no --config on Fashion-MNIST trains exactly
 # what `make run` trains (a model reaching its promised accuracy, not the generic defaults).
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "fashion-cnn.yaml"
+DEFAULT_RECIPE = REPO_ROOT / "configs" / "fashion-cnn.yaml"
 
 
 def config_from_args(args: argparse.Namespace):

@@ -13,13 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data import FASHION_MNIST, KeyLoader
-from training.imaging import decode_image
-from training.store import StoredModel, load_model
-from training.tasks import TaskSpec
-from training.transforms import EvalPreprocessor
-
-from .runtimes import (
+from service.inference.runtimes import (
     CPU_RUNTIMES,
     CUDA_RUNTIMES,
     REDUCED_PRECISION,
@@ -28,7 +22,12 @@ from .runtimes import (
     export_dir,
     locked,
 )
-from .settings import Settings
+from service.settings import Settings
+from training.data import FASHION_MNIST, KeyLoader
+from training.imaging import decode_image
+from training.store import StoredModel, load_model
+from training.tasks import TaskSpec
+from training.transforms import EvalPreprocessor
 
 log = logging.getLogger(__name__)
 

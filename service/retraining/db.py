@@ -9,12 +9,12 @@ whichever process gets there first.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from training._env import bentoml_home
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 def default_url() -> str:
-    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home = bentoml_home()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'registry.db'}"
 

@@ -8,7 +8,7 @@
   stalls or trickles (the client's fault, never a ``5xx``).
 
 Because the app only starts once the body is in, a slow upload holds no in-flight slot, no batcher
-place and no decode thread: only its connection (bounded by :mod:`service.connections`) and at most
+place and no decode thread: only its connection (bounded by :mod:`service.edge.connections`) and at most
 its route's limit of memory. Refusals carry ``Connection: close`` (the rest of the body is never read)
 and the documented ``{"error", "reason"}`` body.
 """
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import metrics
+from service import telemetry
 
 IMAGE_ROUTES = ("/classify", "/classify_batch", "/classify_json", "/v2/infer")
 SMALL_BODY = 64 * 1024  # admin and metadata routes: JSON of a few fields
@@ -76,7 +76,7 @@ class BodyGuard:
             with self.arriving() if route in IMAGE_ROUTES else contextlib.nullcontext():
                 body = await self._read(scope, receive, limit, limits.timeout)
         except BodyRefused as refused:
-            metrics.REJECTED.labels(route, refused.reason).inc()
+            telemetry.REJECTED.labels(route, refused.reason).inc()
             await _refuse(send, refused)
             return
         if body is None:  # the client went away

@@ -1,6 +1,6 @@
 """Retraining: a request becomes a training config; a job trains it, gates it and maybe promotes it.
 
-``python -m service.retrain JOB_ID`` is the job process (started by the local backend, or as the
+``python -m service.retraining.job JOB_ID`` is the job process (started by the local backend, or as the
 container command of a Kubernetes Job). It runs the one ``train(config)`` of the training package,
 then evaluates challenger and champion with the same code on the champion's recorded test split,
 records the gate's decision, and promotes when it passes and the request asked for it. Workers
@@ -20,16 +20,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.edge.schemas import RetrainRequest
+from service.errors import Forbidden, InvalidInput
+from service.retraining import gate
+from service.retraining.registry import Registry
+from service.settings import Settings
 from training import store
+from training._env import REPO_ROOT
 from training.config import TrainConfig, deep_merge, load_config, nested
 from training.data import FASHION_MNIST
 from training.evaluate import evaluate_on_record
-
-from . import gate
-from .errors import Forbidden, InvalidInput
-from .registry import Registry
-from .schemas import RetrainRequest
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def base_config(settings: Settings, champion: str | None) -> dict[str, Any]:
     """The champion's own training config, else ``configs/<name>.yaml``, else the defaults."""
     if champion:
         return dict(store.get(champion).info.metadata.get("config", {}))
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{settings.model_name}.yaml"
+    path = REPO_ROOT / "configs" / f"{settings.model_name}.yaml"
     return load_config(path).model_dump(mode="json") if path.is_file() else {}
 
 
@@ -202,11 +202,11 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m service.retrain JOB_ID", file=sys.stderr)
+        print("usage: python -m service.retraining.job JOB_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stdout, force=True)  # fmt: skip
-    from .settings import get_settings
+    from service.settings import get_settings
 
     settings = get_settings()
     if settings.retrain_nice:

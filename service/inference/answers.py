@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import InvalidInput
 from training.tasks import TaskSpec
-
-from .errors import InvalidInput
 
 
 @dataclass

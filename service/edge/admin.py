@@ -12,10 +12,8 @@ from http import HTTPStatus
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from .errors import Forbidden, InvalidInput, Unauthorized
-from .operations import Operations
-from .parsing import file_bytes, read_form
-from .schemas import (
+from service.edge.parsing import file_bytes, read_form
+from service.edge.schemas import (
     FeedbackResponse,
     JobAccepted,
     JobInfo,
@@ -25,6 +23,8 @@ from .schemas import (
     RollbackRequest,
     error_responses,
 )
+from service.errors import Forbidden, InvalidInput, Unauthorized
+from service.retraining.operations import Operations
 
 ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
                                HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from . import oip
-from .errors import InvalidInput, NotReady
-from .parsing import read_body
-from .serving import ServingState
+from service.edge.parsing import read_body
+from service.errors import InvalidInput, NotReady
+from service.protocols import oip
+from service.serving.state import ServingState
 
 HEADER = "Inference-Header-Content-Length"
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput, ServiceError
-from .inference import Classifier
-from .serving import ServingState
+from service.errors import InvalidInput, ServiceError
+from service.inference.classifier import Classifier
+from service.serving.state import ServingState
 
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"

@@ -17,7 +17,7 @@ uvicorn's own httptools protocol with those three gaps closed:
 
 BentoML builds the uvicorn config itself, so :func:`install` points uvicorn's ``auto`` and
 ``httptools`` protocol names at this class before the worker's server starts (the service module
-calls it on import). Bodies are bounded in time and size by :mod:`service.limits`, in ASGI.
+calls it on import). Bodies are bounded in time and size by :mod:`service.edge.limits`, in ASGI.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 ACCEPTED = "multipart/form-data with a file field 'image', or the raw image bytes with an image/* content type"
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from service.errors import InvalidInput, from_image_error
+from service.retraining.registry import Registry
 from training.imaging import ImageError, open_image
-
-from .errors import InvalidInput, from_image_error
-from .registry import Registry
 
 LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 MAX_FOLDER_NAME = 200  # bytes: file systems allow 255 for a name

@@ -8,17 +8,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from service import telemetry
+from service.edge.schemas import RetrainRequest
+from service.errors import InvalidInput, NotFound, ServiceError
+from service.retraining.backends import Backend, make_backend, sweep
+from service.retraining.feedback import Feedback, save_feedback
+from service.retraining.job import job_config
+from service.retraining.registry import Registry
+from service.serving.state import ServingState
+from service.settings import Settings
 from training import store
-
-from . import metrics
-from .errors import InvalidInput, NotFound, ServiceError
-from .feedback import Feedback, save_feedback
-from .jobs import Backend, make_backend, sweep
-from .registry import Registry
-from .retrain import job_config
-from .schemas import RetrainRequest
-from .serving import ServingState
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Operations:
         """Fail jobs whose process has gone; count ended jobs in this worker's metrics."""
         sweep(self.registry, self.backend, self.settings.job_stale_seconds)
         for job in self.registry.claim_unobserved():
-            metrics.observe_job(job)
+            telemetry.observe_job(job)
 
     # ------------------------------------------------------------ champion
     def promote(self, tag: str, reason: str) -> dict[str, Any]:
@@ -89,13 +88,13 @@ class Operations:
         test = stored.metadata.get("metrics", {}).get("test", {})
         event = self.registry.promote(self.model_name, tag, reason, kind="manual",
                                       challenger={"accuracy": test.get("accuracy")})  # fmt: skip
-        metrics.PROMOTIONS.labels("manual").inc()
+        telemetry.PROMOTIONS.labels("manual").inc()
         self.state.wake()
         return event
 
     def rollback(self, reason: str) -> dict[str, Any]:
         event = self.registry.rollback(self.model_name, reason)
-        metrics.PROMOTIONS.labels("rollback").inc()
+        telemetry.PROMOTIONS.labels("rollback").inc()
         self.state.wake()
         return event
 
@@ -120,5 +119,5 @@ class Operations:
         fb = save_feedback(self.registry, self.settings.feedback_dir, self.model_name, data, label, clf.classes,
                            self.settings.feedback_new_labels, self.settings.max_pixels)  # fmt: skip
         if not fb.duplicate:
-            metrics.FEEDBACK.labels(self.model_name).inc()
+            telemetry.FEEDBACK.labels(self.model_name).inc()
         return fb

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import telemetry
+from service.errors import InvalidInput, NotReady, PayloadTooLarge, ServiceError, from_image_error
+from service.inference.answers import Answer, ClassifyQuery, answer, check_query
+from service.inference.batching import MicroBatcher
+from service.inference.classifier import Classifier, load_classifier
+from service.retraining.registry import Registry
+from service.settings import Settings
 from training import store
 from training.imaging import ImageError
-
-from . import metrics
-from .batching import MicroBatcher
-from .errors import InvalidInput, NotReady, PayloadTooLarge, ServiceError, from_image_error
-from .inference import Classifier, load_classifier
-from .registry import Registry
-from .results import Answer, ClassifyQuery, answer, check_query
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 _ARRIVAL: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("imgclf_arrival")
@@ -115,7 +114,7 @@ class ServingState:
             except store.StoreError as exc:
                 log.error("cannot serve %s: %s", tag, exc)
                 self._failed = tag
-                metrics.RELOADS.labels("failed").inc()
+                telemetry.RELOADS.labels("failed").inc()
                 continue
             if self.registry is not None and not self.settings.model_tag:
                 self.registry.ensure_champion(self.settings.model_name, tag)  # only when there is none yet
@@ -129,7 +128,7 @@ class ServingState:
     def _build(self, tag: str) -> Served:
         clf = load_classifier(tag, self.settings)
         batcher = MicroBatcher(clf.infer, self.settings.max_batch_size, self.settings.max_latency_ms,
-                               on_batch=metrics.observe_batch)  # fmt: skip
+                               on_batch=telemetry.observe_batch)  # fmt: skip
         batcher.also_coming = lambda: self._arriving
         return Served(clf, batcher)
 
@@ -157,7 +156,7 @@ class ServingState:
 
     def _swap(self, new: Served) -> None:
         old, self.served = self.served, new
-        metrics.set_model_info(new.classifier.tag, new.classifier.runtime.name, new.classifier.load_seconds)
+        telemetry.set_model_info(new.classifier.tag, new.classifier.runtime.name, new.classifier.load_seconds)
         if old is not None:
             log.info("now serving %s (was %s)", new.classifier.tag, old.classifier.tag)
             threading.Thread(target=old.retire, daemon=True, name="retire-model").start()
@@ -197,7 +196,7 @@ class ServingState:
         with self._poll_lock:
             tag = self.registry.champion(self.settings.model_name)
             if tag:
-                metrics.set_champion(self.settings.model_name, tag)
+                telemetry.set_champion(self.settings.model_name, tag)
             if self.settings.model_tag or not tag or (self.served and tag == self.served.classifier.tag):
                 return False
             if tag == self._failed:
@@ -207,13 +206,13 @@ class ServingState:
                 new = self._build(tag)
             except Exception as exc:  # noqa: BLE001 - keep serving the old model
                 self._failed = tag
-                metrics.RELOADS.labels("failed").inc()
+                telemetry.RELOADS.labels("failed").inc()
                 log.error("could not load the new champion %s; still serving %s: %s", tag,
                           self.served.classifier.tag if self.served else "nothing", exc)  # fmt: skip
                 return False
             self._swap(new)
             self._failed = None
-            metrics.RELOADS.labels("ok").inc()
+            telemetry.RELOADS.labels("ok").inc()
             return True
 
     # ------------------------------------------------------------ classify
@@ -233,7 +232,7 @@ class ServingState:
     def _preprocess(self, clf: Classifier, data: bytes) -> np.ndarray:
         start = time.perf_counter()
         x = clf.preprocess(data)
-        metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - start)
+        telemetry.PREPROCESS_SECONDS.observe(time.perf_counter() - start)
         return x
 
     @contextlib.contextmanager
@@ -265,7 +264,7 @@ class ServingState:
     async def classify(
         self, images: list[bytes], query: ClassifyQuery, endpoint: str
     ) -> tuple[Classifier, list[ClassifyResult]]:
-        """The model's answer for each image (see :mod:`service.results`) and the model that gave it.
+        """The model's answer for each image (see :mod:`service.inference.answers`) and the model that gave it.
 
         A bad image gets its own error and does not fail the others; a bad query fails the request.
         """
@@ -292,14 +291,14 @@ class ServingState:
                 c, h, w = clf.input_shape
                 raise InvalidInput(f"preprocessed input must have shape [N, {c}, {h}, {w}], got "
                                    f"{list(batch.shape)}", reason="bad_shape")  # fmt: skip
-            metrics.IMAGES.labels(endpoint).inc(len(batch))
+            telemetry.IMAGES.labels(endpoint).inc(len(batch))
             self._arrived()
             rows = await asyncio.gather(*(self._submit(served, x) for x in batch.astype(np.float32, copy=False)))
             return clf, np.stack(rows)
 
     async def _probabilities(self, served: Served, images: list[bytes], endpoint: str) -> list:
         clf = served.classifier
-        metrics.IMAGES.labels(endpoint).inc(len(images))
+        telemetry.IMAGES.labels(endpoint).inc(len(images))
         loop = asyncio.get_running_loop()
 
         async def one(data: bytes) -> np.ndarray | ServiceError:
@@ -307,7 +306,7 @@ class ServingState:
                 x = await loop.run_in_executor(self._pre_pool, self._preprocess, clf, data)
             except ImageError as exc:
                 err = from_image_error(exc)
-                metrics.REJECTED.labels(endpoint, err.reason).inc()
+                telemetry.REJECTED.labels(endpoint, err.reason).inc()
                 err.counted = True
                 return err
             finally:
@@ -324,7 +323,7 @@ class ServingState:
         top = int(np.argmax(probs))
         # Multi-label: every label at/above its threshold is a prediction; the confidence is the top score.
         predicted = np.flatnonzero(clf.task.decisions(probs[None])[0]) if clf.task.multilabel else [top]
-        metrics.observe_prediction(clf.tag, [clf.classes[i] for i in predicted], float(probs[top]),
+        telemetry.observe_prediction(clf.tag, [clf.classes[i] for i in predicted], float(probs[top]),
                                    self.settings.low_confidence)  # fmt: skip
         return probs
 

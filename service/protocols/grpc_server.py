@@ -23,10 +23,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from . import metrics, oip
-from .errors import NotReady, ServiceError
-from .serving import ServingState
-from .settings import Settings
+from service import telemetry
+from service.errors import NotReady, ServiceError
+from service.protocols import oip
+from service.serving.state import ServingState
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -56,7 +57,7 @@ def observed(fn: Callable) -> Callable:
         except ServiceError as err:
             code = grpc_code(err)
             if not err.counted:
-                metrics.REJECTED.labels("grpc:" + method, err.reason).inc()
+                telemetry.REJECTED.labels("grpc:" + method, err.reason).inc()
             await context.abort(code, err.message)
         except Exception:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -66,8 +67,8 @@ def observed(fn: Callable) -> Callable:
             code = grpc.StatusCode.INTERNAL  # never Python's exception text to the client
             await context.abort(code, "internal error; the server log has the details")
         finally:
-            metrics.GRPC_REQUESTS.labels(method, code.name).inc()
-            metrics.GRPC_SECONDS.labels(method).observe(time.perf_counter() - start)
+            telemetry.GRPC_REQUESTS.labels(method, code.name).inc()
+            telemetry.GRPC_SECONDS.labels(method).observe(time.perf_counter() - start)
 
     return wrapper
 

@@ -1,6 +1,6 @@
 """Where training jobs run: a local low-priority process, or a Kubernetes ``batch/v1`` Job.
 
-Both start ``python -m service.retrain JOB_ID``, which records its own progress and end in the
+Both start ``python -m service.retraining.job JOB_ID``, which records its own progress and end in the
 registry. The backend starts, cancels, tells whether the job's process is still there, and reads
 its log; :func:`sweep` fails jobs whose process has gone without saying how it ended.
 """
@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 import yaml
 
-from .registry import ACTIVE, Registry, now
-from .settings import Settings
+from service.retraining.registry import ACTIVE, Registry, now
+from service.settings import Settings
+from training._env import REPO_ROOT
 
 log = logging.getLogger(__name__)
-JOB_COMMAND = [sys.executable, "-m", "service.retrain"]
+JOB_COMMAND = [sys.executable, "-m", "service.retraining.job"]
 
 
 class Backend(Protocol):
@@ -72,7 +73,7 @@ class LocalBackend:
         with log_path.open("ab") as out:
             proc = subprocess.Popen([*JOB_COMMAND, job["id"]], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                    cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+                                    cwd=REPO_ROOT)  # fmt: skip
         self.registry.update_job(job["id"], pid=proc.pid, host=self.host, log_path=str(log_path))
         threading.Thread(target=self._reap, args=(job["id"], proc), daemon=True, name=f"reap-{job['id']}").start()
         log.info("job %s started as process %d (log %s)", job["id"], proc.pid, log_path)

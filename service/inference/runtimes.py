@@ -11,7 +11,6 @@ import contextlib
 import copy
 import fcntl
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training._env import bentoml_home
 from training.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ class InferenceRuntime:
 
 def export_dir(stored: StoredModel) -> Path:
     name, version = stored.tag.split(":")
-    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    path = home / "exports" / name / version
+    path = bentoml_home() / "exports" / name / version
     path.mkdir(parents=True, exist_ok=True)
     return path
 

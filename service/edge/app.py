@@ -17,14 +17,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from training import store
-
-from . import metrics
-from .errors import NotFound, Overloaded, ServiceError
-from .inference import Classifier
-from .parsing import b64decode, many_images, single_image
-from .results import ClassifyQuery
-from .schemas import (
+from service import telemetry
+from service.edge.parsing import b64decode, many_images, single_image
+from service.edge.schemas import (
     BatchItem,
     ClassifyBatchResponse,
     ClassifyJSONRequest,
@@ -32,7 +27,11 @@ from .schemas import (
     ModelInfo,
     error_responses,
 )
-from .serving import ClassifyResult, ServingState
+from service.errors import NotFound, Overloaded, ServiceError
+from service.inference.answers import ClassifyQuery
+from service.inference.classifier import Classifier
+from service.serving.state import ClassifyResult, ServingState
+from training import store
 
 ERROR_RESPONSES = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                   HTTPStatus.UNSUPPORTED_MEDIA_TYPE, HTTPStatus.TOO_MANY_REQUESTS,
@@ -82,7 +81,7 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         endpoint = request.scope.get("route").path if request.scope.get("route") else "other"
         if not exc.counted:
-            metrics.REJECTED.labels(endpoint, exc.reason).inc()
+            telemetry.REJECTED.labels(endpoint, exc.reason).inc()
         headers = {}
         if exc.status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
             headers["Retry-After"] = "1"
@@ -97,7 +96,7 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:] or e['loc'])}: {e['msg']}"
                              for e in exc.errors()[:5])  # fmt: skip
         endpoint = request.scope.get("route").path if request.scope.get("route") else "other"
-        metrics.REJECTED.labels(endpoint, "validation_error").inc()
+        telemetry.REJECTED.labels(endpoint, "validation_error").inc()
         return JSONResponse({"error": f"invalid request: {problems}"[:2000], "reason": "validation_error"},
                             status_code=422)  # fmt: skip
 
@@ -190,11 +189,11 @@ def create_app(get_state: Callable[[], ServingState], get_ops: Callable[[], Any]
         """The web page: try the classifier, read the model card, run retraining (assets shipped, no CDN)."""
         return FileResponse(ui / "index.html", media_type="text/html")
 
-    from .oip_http import create_oip_router
+    from service.protocols.v2_http import create_oip_router
 
     app.include_router(create_oip_router(get_state))
     if get_ops is not None:
-        from .admin import create_admin_router
+        from service.edge.admin import create_admin_router
 
         app.include_router(create_admin_router(get_ops))
     return app

@@ -1,6 +1,6 @@
 """The model registry: which version is champion, every promotion, refusal and rollback, every job.
 
-Plain functions over :mod:`service.db` tables; every write is one transaction. Shared by the
+Plain functions over :mod:`service.retraining.db` tables; every write is one transaction. Shared by the
 service workers (any number, any replica) and the training job processes.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import db
-from .errors import Conflict, JobConflict, NotFound, RegistryUnavailable
+from service.errors import Conflict, JobConflict, NotFound, RegistryUnavailable
+from service.retraining import db
 
 log = logging.getLogger(__name__)
 RETRIES = 3
