@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -25,73 +23,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = ROOT / "loadtests" / "wrk_classify.lua"
 sys.path.insert(0, str(ROOT))
 
-from loadtests.server import Server  # noqa: E402
-from service.inference.classifier import load_classifier  # noqa: E402
-from service.serving.state import resolve_tag  # noqa: E402
+from harness.ceiling import in_process, sample_images  # noqa: E402
+from harness.server import Server  # noqa: E402
+from service.inference import build_classifier  # noqa: E402
+from service.serving import resolve_tag  # noqa: E402
 from service.settings import Settings  # noqa: E402
-
-
-def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
-    """JPEG photos-like images at the model's scale (a smooth random field, so JPEG has work to do)."""
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
-        buf = io.BytesIO()
-        (img.convert("L") if channels == 1 else img).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-CEILING_BATCHES = (4, 8, 16, 32)
-
-
-def _ceiling_worker(tag: str, runtime: str, images: list[bytes], batches: list[int], seconds: float, threads: int,
-                    ready) -> list[tuple[int, float]]:  # fmt: skip
-    """One process of the ceiling: for each batch size, decode + preprocess + infer in a tight loop, the
-    processes starting each batch size together (``ready`` is a barrier shared by all of them)."""
-    settings = Settings(model_name=tag.split(":")[0], runtime=runtime, max_batch_size=max(batches))
-    clf = load_classifier(tag, settings, threads)
-    out = []
-    for batch in batches:
-        clf.infer(np.stack([clf.preprocess(d) for d in images[:batch]]))  # warm
-        ready.wait()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            clf.infer(np.stack([clf.preprocess(images[(n + k) % len(images)]) for k in range(batch)]))
-            n += batch
-        out.append((n, time.perf_counter() - start))
-    return out
-
-
-def in_process(tag: str, runtime: str, images: list[bytes], max_batch: int, seconds: float,
-               processes: int | None = None) -> float:  # fmt: skip
-    """The in-process ceiling: one process a core (as many as the server's workers would use), each with a
-    one-thread runtime, decoding, preprocessing and inferring back to back: the machine's images/s with no
-    HTTP, no queueing and no thread hand-offs, at the best batch size up to ``max_batch``."""
-    processes = processes or os.cpu_count() or 1
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    batches = [b for b in CEILING_BATCHES if b < max_batch] + [max_batch]
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
-        ready = manager.Barrier(processes)
-        futures = [pool.submit(_ceiling_worker, tag, runtime, images, batches, seconds, threads, ready)
-                   for _ in range(processes)]  # fmt: skip
-        results = [f.result() for f in futures]
-    return max(sum(r[i][0] for r in results) / max(r[i][1] for r in results) for i in range(len(batches)))
+from training.store import load_model  # noqa: E402
 
 
 def start_server(tag: str, runtime: str, batch: int, latency_ms: float, workers: int, log: Path) -> Server:
@@ -191,7 +137,7 @@ def main() -> None:
     for model in args.model or ["fashion-cnn"]:
         settings = Settings(model_name=model, runtime="auto", max_batch_size=args.batch)
         tag = resolve_tag(settings)  # the champion: what a server serves (and is pinned below)
-        clf = load_classifier(tag, settings)
+        clf = build_classifier(load_model(tag), settings.inference())
         best = clf.runtime.name
         pp = clf.stored.preprocessing
         images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)

@@ -22,8 +22,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.server import Server  # noqa: E402
 from loadtests.run import run_locust  # noqa: E402
-from loadtests.server import Server  # noqa: E402
 
 MIXES = {"http": "classify=1,batch=0,json=0,grpc=0,ops=0", "grpc": "classify=0,batch=0,json=0,grpc=1,ops=0"}
 
@@ -72,14 +72,15 @@ def main() -> None:
         plots(json.loads(args.out.read_text()), args.docs)
         return
 
-    from benchmarks.bench_serve import in_process, sample_images
-    from service.inference.classifier import load_classifier
-    from service.serving.state import resolve_tag
+    from harness.ceiling import in_process, sample_images
+    from service.inference import build_classifier
+    from service.serving import resolve_tag
     from service.settings import Settings
+    from training.store import load_model
 
     settings = Settings(model_name=args.model, runtime="auto", max_batch_size=args.batch)
     tag = resolve_tag(settings)  # the champion, pinned for every server below
-    clf = load_classifier(tag, settings)
+    clf = build_classifier(load_model(tag), settings.inference())
     best, pp = clf.runtime.name, clf.stored.preprocessing
     images = sample_images(pp.channels, max(pp.input_size, 64) if pp.input_size < 64 else pp.resize_size)
     report: dict = {"model": clf.tag, "architecture": clf.stored.metadata["architecture"], "input": pp.input_size,

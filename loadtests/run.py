@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtests.server import Server  # noqa: E402
+from harness.server import Server  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 

@@ -28,22 +28,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.server import Server, rss_bytes, served_models  # noqa: E402
 from loadtests.run import run_locust, summary  # noqa: E402
-from loadtests.server import Server, served_models  # noqa: E402
 
 CLASSIFY_ONLY = "classify=1,batch=0,json=0,grpc=0,ops=0"
-
-
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
 
 
 def growth(samples: list[tuple[float, int]]) -> float:

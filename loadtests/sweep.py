@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.server import Server  # noqa: E402
 from loadtests.run import run_locust  # noqa: E402
-from loadtests.server import Server  # noqa: E402
 
 
 def measure(model: str, batch: int, latency_ms: float, workers: int, runtime: str, users: int,

@@ -1,18 +1,16 @@
-"""Domain errors raised by the service core, each with its HTTP status; mapped once at the edge."""
+"""Domain errors raised by the service core: what went wrong and a short bounded ``reason`` code. No
+protocol here: each edge maps the class to its status (:mod:`service.edge.errors` for HTTP, the gRPC server
+for gRPC codes)."""
 
 from __future__ import annotations
-
-from http import HTTPStatus
 
 from training.imaging import ImageError
 
 
 class ServiceError(Exception):
-    """Base class: ``status`` is the HTTP status, ``reason`` a short bounded code for metrics."""
+    """Base class: ``reason`` is a short bounded code (metrics, the error body)."""
 
-    status: HTTPStatus = HTTPStatus.BAD_REQUEST
     reason: str = "bad_request"
-    counted: bool = False  # already in imgclf_rejected_requests_total
 
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
@@ -30,37 +28,30 @@ class ServiceError(Exception):
 
 
 class InvalidInput(ServiceError):
-    status = HTTPStatus.BAD_REQUEST
     reason = "invalid_input"
 
 
 class PayloadTooLarge(ServiceError):
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     reason = "too_large"
 
 
 class UnsupportedMediaType(ServiceError):
-    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     reason = "unsupported_media_type"
 
 
 class Unauthorized(ServiceError):
-    status = HTTPStatus.UNAUTHORIZED
     reason = "unauthorized"
 
 
 class Forbidden(ServiceError):
-    status = HTTPStatus.FORBIDDEN
     reason = "forbidden"
 
 
 class NotFound(ServiceError):
-    status = HTTPStatus.NOT_FOUND
     reason = "not_found"
 
 
 class Conflict(ServiceError):
-    status = HTTPStatus.CONFLICT
     reason = "conflict"
 
 
@@ -81,21 +72,24 @@ class JobConflict(Conflict):
 class RegistryUnavailable(ServiceError):
     """The registry database cannot be reached, or stays locked; serving goes on with the current model."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
     reason = "registry_unavailable"
 
 
 class NotReady(ServiceError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE
     reason = "not_ready"
 
 
 class Overloaded(ServiceError):
-    status = HTTPStatus.TOO_MANY_REQUESTS
     reason = "overloaded"
 
 
-# image decode reasons -> the status that fits them
+class Unavailable(ServiceError):
+    """A dependency the request needs (a job backend, say) cannot do it now; retrying later may work."""
+
+    reason = "unavailable"
+
+
+# image decode reasons -> the error that fits them
 _IMAGE_STATUS = {
     "empty": InvalidInput,
     "not_an_image": UnsupportedMediaType,

@@ -1,52 +1,75 @@
-"""The BentoML service: thin glue that loads the model in each worker and mounts the HTTP edge.
+"""The BentoML service: thin glue that builds each worker's serving parts and mounts the HTTP edge.
 
 bentoml serve            # from the repo root (bentofile.yaml names service.service:ImageClassifier)
+
+Besides the mounted HTTP routes, classify, classify_batch and model_info are BentoML API methods (at
+``/api/...``), so ``bentoml.SyncHTTPClient(url).classify(image=Path("shirt.png"))`` works; they share the
+worker's in-flight limit, admission rule and batcher with the routes, and answer errors in the same shape.
 """
 
 # ruff: noqa: E402 - the environment is configured before BentoML is imported
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated
 
 from training._env import configure_environment
 
 configure_environment()
 
-import bentoml  # noqa: E402
+import bentoml
+from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from service import telemetry
-from service.edge import (
-    connections,
-    route_labels,  # noqa: E402
-)
-from service.edge.app import create_app  # noqa: E402
-from service.edge.limits import BodyGuard, BodyLimits  # noqa: E402
-from service.protocols.grpc_server import GrpcServer  # noqa: E402
-from service.retraining.operations import Operations  # noqa: E402
-from service.retraining.registry import Registry  # noqa: E402
-from service.serving.state import ServingState  # noqa: E402
-from service.settings import get_settings  # noqa: E402
+from service.edge import connections, route_labels
+from service.edge.app import create_app
+from service.edge.classify import InFlight, classify_many, classify_one
+from service.edge.classify import model_info as describe_model
+from service.edge.errors import error_body, http_status
+from service.edge.limits import BodyGuard, BodyLimits
+from service.edge.schemas import ClassifyBatchResponse, ClassifyResponse, ModelInfo
+from service.errors import ServiceError
+from service.inference.answers import ClassifyQuery
+from service.protocols.grpc_server import GrpcServer
+from service.retraining.operations import Operations
+from service.retraining.registry import Registry
+from service.serving import Worker, build_worker
+from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 settings = get_settings()
 connections.install(connections.ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes,
                                                  settings.max_connections))  # fmt: skip
-BODY_LIMITS = BodyLimits(settings.max_upload_bytes, settings.max_request_bytes, settings.body_timeout_seconds)
+IN_FLIGHT = InFlight(settings.max_concurrency)  # one per worker process: the routes and the API methods share it
+TopK = Annotated[int | None, Field(None, ge=1, le=1000, description="How many classes to return (default 5).")]
+Level = Annotated[int | None, Field(None, ge=1, le=100, description="Hierarchical models: the tree level.")]
 
 
-def _state() -> ServingState:
-    return bentoml.get_current_service().state
+def _worker() -> Worker:
+    return bentoml.get_current_service().worker
 
 
 def _ops() -> Operations:
     return bentoml.get_current_service().ops
 
 
-app = create_app(_state, _ops)
+app = create_app(settings, lambda: _worker().path, _ops, IN_FLIGHT)
 route_labels.install(route_labels.route_labeller(app.routes, fixed=("/livez", "/readyz", "/metrics")))
 
 
-@bentoml.asgi_app(BodyGuard(app, BODY_LIMITS, arriving=lambda: _state().arriving()), path="/")
+async def _answer(route: str, call: Awaitable) -> object:
+    """An API method's result, or its error in the HTTP routes' status and ``{"error", "reason"}`` body."""
+    try:
+        return await call
+    except ServiceError as exc:
+        telemetry.REJECTED.labels(route, exc.reason).inc()
+        return JSONResponse(error_body(exc), status_code=int(http_status(exc)))
+
+
+@bentoml.asgi_app(app, path="/")
 @bentoml.service(
     name="imgclf",
     workers=settings.workers,
@@ -63,12 +86,43 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         registry = Registry(settings.database_url, settings.database_timeout_seconds)
-        self.state = ServingState(settings, registry)
-        self.ops = Operations(settings, registry, self.state)
-        self.state.load()
-        self.state.tasks += [self.ops.tick, telemetry.observe_process]
-        self.state.start_watching()
-        self.grpc = GrpcServer(self.state, settings) if settings.grpc_port else None
+        self.worker = build_worker(settings, registry)
+        self.ops = Operations(settings, registry, self.worker.follower, refresh=self.worker.periodic.wake)
+        self.worker.follower.load()
+        self.worker.periodic.tasks += [self.ops.tick, telemetry.observe_process]
+        self.worker.periodic.start()
+        self.grpc = GrpcServer(self.worker.path, settings) if settings.grpc_port else None
+
+    @bentoml.api(route="/api/classify")
+    async def classify(self, image: Path, top_k: TopK = None, level: Level = None) -> ClassifyResponse:
+        """Classify one image (the same answer as POST /classify)."""
+        path = self.worker.path
+        query = ClassifyQuery(top_k, level)
+        return await _answer("/api/classify", IN_FLIGHT.run(
+            path, lambda: classify_one(path, image.read_bytes(), query, "/api/classify")))  # fmt: skip
+
+    @bentoml.api(route="/api/classify_batch")
+    async def classify_batch(
+        self, images: list[Path], top_k: TopK = None, level: Level = None
+    ) -> ClassifyBatchResponse:
+        """Classify several images, one result per image in order (the same answer as POST /classify_batch)."""
+        path = self.worker.path
+        query = ClassifyQuery(top_k, level)
+
+        async def run() -> ClassifyBatchResponse:
+            path.admit(len(images))  # before any file is read: the one admission rule
+            return await classify_many(path, [p.read_bytes() for p in images], query, "/api/classify_batch")
+
+        return await _answer("/api/classify_batch", IN_FLIGHT.run(path, run))
+
+    @bentoml.api(route="/api/model_info")
+    async def model_info(self) -> ModelInfo:
+        """The model being served (the same answer as GET /model)."""
+
+        async def info() -> ModelInfo:
+            return describe_model(self.worker.path.require())
+
+        return await _answer("/api/model_info", info())
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -77,9 +131,17 @@ class ImageClassifier:
             await self.grpc.start()
 
     def __is_ready__(self) -> bool:
-        return self.state.ready
+        return self.worker.path.ready
 
     async def __shutdown__(self) -> None:
         if self.grpc is not None:
             await self.grpc.stop()
-        await self.state.close()
+        await self.worker.close()
+
+
+# Every route's body is read under its size and time limits before anything else sees it (the API methods too).
+ImageClassifier.add_asgi_middleware(
+    BodyGuard,
+    limits=BodyLimits(settings.max_upload_bytes, settings.max_request_bytes, settings.body_timeout_seconds),
+    arriving=lambda: _worker().path.arriving(),
+)

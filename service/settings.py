@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.inference.options import InferenceOptions
 from training._env import REPO_ROOT
 
 Runtime = Literal[
@@ -98,6 +99,11 @@ class Settings(BaseSettings):
             token = self.admin_token_file.read_text().strip()
             self.admin_token = SecretStr(token) if token else None
         return self
+
+    def inference(self) -> InferenceOptions:
+        """What the predictor needs of these settings."""
+        return InferenceOptions(self.runtime, self.max_batch_size, self.threads, self.workers, self.max_pixels,
+                                self.agreement_threshold, self.agreement_samples)  # fmt: skip
 
     def allowed_roots(self) -> list[Path]:
         return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]

@@ -5,7 +5,12 @@ Label values are bounded: class names come from the model, reasons from a fixed 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from service.inference.answers import Verdict
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -59,12 +64,12 @@ def observe_batch(size: int, queue_seconds: float, infer_seconds: float) -> None
     INFERENCE_SECONDS.observe(infer_seconds)
 
 
-def observe_prediction(model: str, labels: list[str], score: float, low_threshold: float) -> None:
+def observe_verdict(model: str, classes: list[str], verdict: Verdict, low_threshold: float) -> None:
     """One answered image: its predicted class (multi-label: each predicted label) and its top score."""
-    for label in labels:
-        PREDICTIONS.labels(model, label).inc()
-    CONFIDENCE.labels(model).observe(score)
-    if score < low_threshold:
+    for i in verdict.predicted:
+        PREDICTIONS.labels(model, classes[i]).inc()
+    CONFIDENCE.labels(model).observe(verdict.confidence)
+    if verdict.confidence < low_threshold:
         LOW_CONFIDENCE.labels(model).inc()
 
 

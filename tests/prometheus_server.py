@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from loadtests.server import free_port
+from harness.server import free_port
 
 
 @contextmanager

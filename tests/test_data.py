@@ -7,7 +7,7 @@ from PIL import Image
 
 from training.config import DataConfig
 from training.data import FASHION_MNIST_CLASSES, find_fashion_mnist, load_splits, make_loader
-from training.splits import DatasetError, Sample, stratified_split
+from training.data.splits import DatasetError, Sample, stratified_split
 
 
 def cfg(source, **kw) -> DataConfig:

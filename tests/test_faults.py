@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import colour_image, encode
 
-from loadtests.server import Server, free_port
+from harness.server import Server, free_port
 from service.retraining.registry import Registry
 from training import store
 

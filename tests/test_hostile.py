@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtests.server import Server
-from loadtests.soak import rss_bytes
+from harness.server import Server, rss_bytes
 
 pytestmark = pytest.mark.slow
 JSON = {"Content-Type": "application/json"}

@@ -17,8 +17,7 @@ import httpx
 import pytest
 from conftest import colour_image, encode
 
-from loadtests.server import Server
-from loadtests.soak import rss_bytes
+from harness.server import Server, rss_bytes
 
 pytestmark = pytest.mark.slow
 HONEST_P_MAX_S = 2.0  # the slowest honest /classify answer allowed while an attack runs (a 32-px toy model)

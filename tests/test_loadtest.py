@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from loadtests.server import ROOT
+from harness.server import ROOT
 
 pytestmark = pytest.mark.slow
 

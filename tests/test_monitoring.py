@@ -16,6 +16,7 @@ import tritonclient.grpc as tgrpc
 from conftest import colour_image, encode
 from prometheus_server import prometheus_server
 
+from harness.server import Server
 from loadtests.dashboard import (
     ALERTS,
     Prometheus,
@@ -25,7 +26,6 @@ from loadtests.dashboard import (
     panel_queries,
     render,
 )
-from loadtests.server import Server
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer monitoring"}

@@ -17,7 +17,7 @@ from conftest import COLOURS, colour_image, encode
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from loadtests.server import Server
+from harness.server import Server
 from service.errors import InvalidInput
 from service.protocols import oip
 from service.protocols.v2_http import HEADER, parse_request
@@ -249,7 +249,7 @@ def test_locust_grpc_user_runs_clean(oip_server, tmp_path):
     import subprocess
     import sys
 
-    from loadtests.server import ROOT
+    from harness.server import ROOT
 
     srv, _ = oip_server
     locustfile = str(ROOT / "loadtests" / "locustfile.py")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest import LEARNED, TOY, TOY_GATE, make_folder_dataset, permuted_labels_csv, train_to_criterion
 
-from loadtests.server import Server, served_models
+from harness.server import Server, served_models
 from training import load_config
 
 pytestmark = pytest.mark.slow

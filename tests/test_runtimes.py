@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.inference.classifier import _split_batches
+from service.inference.selection import split_batches as read_split_batches
 from training.store import load_model
 from training.transforms import EvalPreprocessor
 
@@ -28,7 +28,7 @@ def in_child(fn, *args) -> Any:
 
 def split_batches(tag: str, split: str) -> list[np.ndarray]:
     stored = load_model(tag)
-    return _split_batches(stored, EvalPreprocessor(stored.preprocessing), split, limit=1000, batch=8)
+    return read_split_batches(stored, EvalPreprocessor(stored.preprocessing), split, limit=1000, batch=8)
 
 
 # ---------------------------------------------------------------- run in the child
@@ -41,7 +41,7 @@ def fp32_max_difference(tag: str, name: str) -> float:
 
 
 def auto_choice(tag: str) -> dict[str, Any]:
-    from service.inference.classifier import classifier as inference
+    from service.inference import selection as inference
     from service.settings import Settings
 
     calibrated: dict[str, np.ndarray] = {}
@@ -53,26 +53,28 @@ def auto_choice(tag: str) -> dict[str, Any]:
         return real(name, stored, threads, calibration=calibration)
 
     inference.build_runtime = spy
-    runtime, report = inference.choose_runtime(load_model(tag), Settings(model_name="x", max_batch_size=8), 1)
+    runtime, report = inference.choose_runtime(
+        load_model(tag), Settings(model_name="x", max_batch_size=8).inference(), 1
+    )
     return {"runtime": runtime.name, "report": report, "int8_calibration": calibrated.get("openvino-int8")}
 
 
 def named_int8_with_a_perfect_bar(tag: str) -> dict[str, Any]:
-    from service.inference.classifier import choose_runtime
+    from service.inference.selection import choose_runtime
     from service.settings import Settings
 
     settings = Settings(model_name="x", runtime="openvino-int8", agreement_threshold=1.0, max_batch_size=8)
     try:
-        return {"report": choose_runtime(load_model(tag), settings, threads=1)[1]}
+        return {"report": choose_runtime(load_model(tag), settings.inference(), threads=1)[1]}
     except ValueError as exc:  # asked for by name, so its refusal is an error
         return {"error": str(exc)}
 
 
 def cuda_auto_choice(tag: str) -> dict[str, Any]:
-    from service.inference.classifier import choose_runtime
+    from service.inference.selection import choose_runtime
     from service.settings import Settings
 
-    return choose_runtime(load_model(tag), Settings(model_name="x", max_batch_size=8), 1)[1]
+    return choose_runtime(load_model(tag), Settings(model_name="x", max_batch_size=8).inference(), 1)[1]
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.server import Server
+from harness.server import Server
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.edge.app import create_app
-from service.serving.state import ServingState
+from service.serving import build_worker
 from service.settings import Settings
 
 
@@ -18,9 +18,9 @@ def client(trained_model):
     tag, _ = trained_model
     settings = Settings(model_name=tag.split(":")[0], runtime="torch", max_batch_size=8, max_latency_ms=5,
                         max_upload_bytes=200_000, max_pixels=4_000_000, max_batch_images=4)  # fmt: skip
-    state = ServingState(settings)
-    state.load()
-    with TestClient(create_app(lambda: state)) as c:
+    worker = build_worker(settings)
+    worker.follower.load()
+    with TestClient(create_app(settings, lambda: worker.path)) as c:
         yield c
 
 

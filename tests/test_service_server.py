@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import COLOURS, colour_image, encode
 
-from loadtests.server import ROOT, Server
+from harness.server import ROOT, Server
 from training import load_model
 from training.data import KeyLoader
 

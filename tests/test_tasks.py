@@ -13,8 +13,8 @@ from service.inference.answers import ClassifyQuery, answer, check_query
 from service.retraining import gate
 from training.config import DataConfig
 from training.data import load_splits
+from training.data.splits import DatasetError
 from training.metrics import hierarchy_metrics, multilabel_metrics, tune_thresholds
-from training.splits import DatasetError
 from training.tasks import TaskSpec
 from training.taxonomy import Taxonomy, TaxonomyError
 
@@ -235,7 +235,7 @@ def test_gate_never_auto_promotes_across_tasks():
 
 # ---------------------------------------------------------------- more data and training pieces
 def test_positive_weights_follow_each_labels_rarity():
-    from training.splits import Sample
+    from training.data.splits import Sample
     from training.tasks import positive_weights
 
     samples = [Sample(str(i), 0, labels=(0,) if i < 8 else (0, 1)) for i in range(10)]

@@ -13,7 +13,7 @@ import torch
 import tritonclient.grpc as tgrpc
 from conftest import TREE, encode, make_multilabel_dataset, make_tree_dataset, shape_image, train_to_criterion
 
-from loadtests.server import Server
+from harness.server import Server
 from training import load_config, store
 from training.evaluate import evaluate_on_record, evaluate_stored
 from training.imaging import decode_image

@@ -10,7 +10,7 @@ import torch
 
 from training import load_config, load_model, store, train
 from training.cli import main as cli_main
-from training.data import make_loader
+from training.data import key_loader
 from training.transforms import build_eval_transform
 
 pytestmark = pytest.mark.slow
@@ -38,19 +38,13 @@ def test_train_save_reload_predicts_the_same(tmp_path, shared_folder_dataset):
     assert (Path(stored.path) / "report" / "curves.png").is_file()
     # the stored model reproduces the test accuracy measured at the end of training
     record = stored.split()
-    load = make_loader_for(record)
+    load = key_loader(record["source"], 3)
     tf = build_eval_transform(stored.preprocessing)
     x = torch.stack([tf(load(k)) for k, _ in record["test"]])
     with torch.inference_mode():
         preds = stored.model(x).argmax(1).tolist()
     acc = sum(p == y for p, (_, y) in zip(preds, record["test"], strict=True)) / len(preds)
     assert abs(acc - result.metrics["test"]["accuracy"]) < 1e-6
-
-
-def make_loader_for(record):
-    from training.splits import DataSplits
-
-    return make_loader(DataSplits(record["source"], record["classes"], [], [], []), 3)
 
 
 def test_csv_source_class_weights_ema_mixup_and_resume(tmp_path, shared_folder_dataset):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import LEARNED, TOY, TOY_GATE, colour_image, encode, make_folder_dataset, stored_top1, train_to_criterion
 
-from loadtests.server import Server
+from harness.server import Server
 from training import load_config
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from . import fastpath
-from .splits import Sample
+from .data.splits import Sample
 from .tasks import multi_hot
 from .transforms import Preprocessing, build_eval_transform, build_train_transform, resolve_augment
 

@@ -9,11 +9,11 @@ import torch
 
 from . import report as reports
 from .config import DataConfig
-from .data import FASHION_MNIST, KeyLoader, load_splits
+from .data import KeyLoader, key_loader, load_splits, recorded_samples
+from .data.splits import DatasetError, Sample
 from .datasets import ImageDataset, make_loader
 from .engine import Runtime, predict
 from .metrics import pr_curves
-from .splits import DatasetError, Sample, sample_from_record
 from .store import StoredModel, load_model
 from .tasks import TaskSpec
 from .transforms import build_eval_transform
@@ -21,22 +21,12 @@ from .transforms import build_eval_transform
 log = logging.getLogger(__name__)
 
 
-def _loader_for(source: str, channels: int) -> KeyLoader:
-    return KeyLoader(channels, source.split(":", 1)[1] if source.startswith(FASHION_MNIST + ":") else None)
-
-
-def samples_from_record(record: dict, split: str, classes: list[str]) -> list[Sample]:
-    """The recorded ``split`` relabelled into ``classes`` by name (images of unknown classes dropped)."""
-    index = {name: i for i, name in enumerate(classes)}
-    return [s for k, y in record[split] if (s := sample_from_record(k, y, record["classes"], index)) is not None]
-
-
 def _recorded_samples(stored: StoredModel, split: str) -> tuple[list[Sample], KeyLoader]:
     record = stored.split()
     if record is None:
         raise DatasetError(f"{stored.tag} has no recorded split; pass --data to evaluate it on a dataset")
-    load = _loader_for(record["source"], stored.preprocessing.channels)
-    return samples_from_record(record, split, stored.classes), load
+    load = key_loader(record["source"], stored.preprocessing.channels)
+    return recorded_samples(record, split, stored.classes), load
 
 
 def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader, batch_size: int = 256):
@@ -58,10 +48,10 @@ def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
         DatasetError: none of the recorded images belongs to one of the model's classes.
     """
     stored = load_model(tag)
-    samples = samples_from_record(record, split, stored.classes)
+    samples = recorded_samples(record, split, stored.classes)
     if not samples:
         raise DatasetError(f"none of the recorded {split} images has a class {tag} knows")
-    scores, targets = predict_samples(stored, samples, _loader_for(record["source"], stored.preprocessing.channels))
+    scores, targets = predict_samples(stored, samples, key_loader(record["source"], stored.preprocessing.channels))
     return TaskSpec.from_metadata(stored.metadata).metrics(targets, scores)
 
 
@@ -85,7 +75,7 @@ def evaluate_stored(
         splits = load_splits(DataConfig(source=data, classes=stored.classes, val_fraction=0.01, test_fraction=0.01,
                                         task="hierarchical" if nested else "auto"))  # fmt: skip
         samples = splits.train + splits.val + splits.test
-        load = _loader_for(splits.source, channels)
+        load = key_loader(splits.source, channels)
         where = data
     if not samples:
         raise DatasetError(f"no images to evaluate in {where}")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torchvision.transforms import v2
 
-from .splits import Sample
+from .data.splits import Sample
 from .transforms import Preprocessing, build_eval_transform
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from . import autotune, store
 from . import data as data_sources
 from . import report as reports
 from .config import TrainConfig, save_config
+from .data.splits import DataSplits
 from .datasets import build_loaders, class_weights, set_epoch
 from .distributed import DistInfo, broadcast, cleanup, init_distributed
 from .early_stopping import EarlyStopping
@@ -37,7 +38,6 @@ from .setup import (
     seed_everything,
     select_device,
 )
-from .splits import DataSplits
 from .tasks import MULTILABEL, TaskSpec, multilabel_loss
 from .taxonomy import Taxonomy
 from .transforms import Preprocessing, resolve_augment
@@ -69,7 +69,7 @@ def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainR
     it may raise to abort (e.g. ``optuna.TrialPruned``).
 
     Raises:
-        training.splits.DatasetError: the data cannot be trained on.
+        training.data.splits.DatasetError: the data cannot be trained on.
         training.models.ModelError: unknown architecture or unavailable weights.
     """
     info = init_distributed()

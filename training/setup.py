@@ -17,9 +17,9 @@ from torch import nn
 
 from . import data as data_sources
 from .config import TrainConfig
+from .data.splits import DataSplits
 from .distributed import DistInfo
 from .models import SCRATCH
-from .splits import DataSplits
 from .transforms import Preprocessing, build_eval_transform, channel_stats
 from .weights import read_preprocessing
 

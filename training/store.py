@@ -11,7 +11,6 @@ import json
 import logging
 import platform
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,13 @@ import yaml
 from torch import nn
 
 from .models import build_model
+from .stored import REPORT_DIR, SPLIT_FILE, StoredModel
 from .transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
-SPLIT_FILE = "split.json"
 CONFIG_FILE = "config.yaml"
-REPORT_DIR = "report"
 MODULE = "imgclf.training"
 
 
@@ -146,23 +144,6 @@ def read_split(tag: str) -> dict[str, Any] | None:
     """The split recorded with ``tag`` (no weights loaded), or None when it recorded none."""
     f = Path(get(tag).path) / SPLIT_FILE
     return json.loads(f.read_text()) if f.is_file() else None
-
-
-@dataclass
-class StoredModel:
-    """A model loaded from the store: the network (eval mode) and everything needed to feed it."""
-
-    tag: str
-    model: nn.Module
-    classes: list[str]
-    preprocessing: Preprocessing
-    metadata: dict[str, Any]
-    path: Path
-    created: str = ""  # ISO 8601 creation time in the store
-
-    def split(self) -> dict[str, Any] | None:
-        f = self.path / SPLIT_FILE
-        return json.loads(f.read_text()) if f.is_file() else None
 
 
 def load_model(tag: str, device: str | torch.device = "cpu") -> StoredModel:

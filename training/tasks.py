@@ -20,8 +20,8 @@ import torch
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
+from .data.splits import Sample
 from .metrics import classification_metrics, hierarchy_metrics, multilabel_metrics, sigmoid, softmax
-from .splits import Sample
 from .taxonomy import Taxonomy
 
 MULTICLASS, MULTILABEL, HIERARCHICAL = "multiclass", "multilabel", "hierarchical"
@@ -88,6 +88,10 @@ class TaskSpec:
     @property
     def depth(self) -> int:
         return self.taxonomy.max_depth(self.classes) if self.taxonomy else 1
+
+    def levels(self) -> list[list[str]]:
+        """The nodes of each tree level, the top first (hierarchical models; empty otherwise)."""
+        return [self.level(d)[0] for d in range(1, self.depth + 1)] if self.taxonomy is not None else []
 
     def level(self, level: int) -> tuple[list[str], np.ndarray]:
         """(nodes at ``level``, leaves-to-nodes matrix); ``probs @ matrix`` are the nodes' probabilities."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from service import telemetry
 
-IMAGE_ROUTES = ("/classify", "/classify_batch", "/classify_json", "/v2/infer")
+IMAGE_ROUTES = ("/classify", "/classify_batch", "/classify_json", "/v2/infer", "/api/classify", "/api/classify_batch")
 SMALL_BODY = 64 * 1024  # admin and metadata routes: JSON of a few fields
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around one image
 
@@ -40,9 +40,9 @@ class BodyLimits:
 
 def body_limit(path: str, limits: BodyLimits) -> tuple[int, str]:
     """The most bytes a request to ``path`` may carry, and the bounded route label for metrics."""
-    if path in ("/classify", "/feedback"):
+    if path in ("/classify", "/feedback", "/api/classify"):
         return limits.upload + FORM_OVERHEAD, path
-    if path in ("/classify_batch", "/classify_json"):
+    if path in ("/classify_batch", "/classify_json", "/api/classify_batch"):
         return limits.request, path
     if path.startswith("/v2/"):
         return limits.request, "/v2/infer" if path.endswith("/infer") else "/v2"
@@ -62,7 +62,7 @@ class BodyGuard:
                  arriving: Callable[[], contextlib.AbstractContextManager] | None = None):  # fmt: skip
         self.app = app
         self.limits = limits
-        # The batcher's hint that images are on their way (ServingState.arriving) while an image route's body
+        # The batcher's hint that images are on their way (ClassifyPath.arriving) while an image route's body
         # arrives: an idle batcher may wait up to max_latency_ms for it. It is no in-flight slot.
         self.arriving = arriving or contextlib.nullcontext
 

@@ -11,6 +11,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.serving.classify import Admission
 
 ACCEPTED = "multipart/form-data with a file field 'image', or the raw image bytes with an image/* content type"
 
@@ -74,19 +75,17 @@ async def single_image(request: Request, limit: int) -> tuple[bytes, int | None]
     return await file_bytes(files[0], "image", limit), int(top_k) if top_k is not None else None
 
 
-async def many_images(request: Request, limit: int, max_images: int) -> list[bytes]:
+async def many_images(request: Request, limit: int, admission: Admission) -> list[bytes]:
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType(f"send multipart/form-data with one 'images' file field per image; got "
                                    f"{media_type(request) or '(none)'}")  # fmt: skip
-    form = await read_form(request, limit * max_images, max_files=max_images + 1)
+    form = await read_form(request, limit * admission.max_images, max_files=admission.max_images + 1)
     files = form.getlist("images") or form.getlist("image")
     if not files:
         found = ", ".join(sorted(set(form.keys()))) or "none"
         raise InvalidInput(f"expected one or more multipart fields 'images'; found fields: {found}",
                            reason="bad_field")  # fmt: skip
-    if len(files) > max_images:
-        raise PayloadTooLarge(f"{len(files)} images in one request; the maximum is {max_images}",
-                              reason="too_many_images")  # fmt: skip
+    admission.check(len(files))
     return [await file_bytes(f, "images", limit) for f in files]
 
 

@@ -25,11 +25,26 @@ class ClassifyQuery:
     level: int | None = None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the model decided for one image, decided once: the answer and the metrics both read it."""
+
+    predicted: list[int]  # the top-1 class; multi-label: every label at or above its threshold
+    confidence: float  # the top score
+
+
 @dataclass
 class Answer:
     predictions: list[dict]
+    verdict: Verdict
     labels: list[str] | None = None  # multi-label: the labels at or above their thresholds
     level: int | None = None
+
+
+def decide(spec: TaskSpec, scores: np.ndarray) -> Verdict:
+    top = int(np.argmax(scores))
+    predicted = np.flatnonzero(scores >= spec.thresholds).tolist() if spec.multilabel else [top]
+    return Verdict(predicted, float(scores[top]))
 
 
 def check_query(spec: TaskSpec, query: ClassifyQuery, default_k: int) -> ClassifyQuery:
@@ -50,11 +65,12 @@ def check_query(spec: TaskSpec, query: ClassifyQuery, default_k: int) -> Classif
 
 def answer(spec: TaskSpec, scores: np.ndarray, query: ClassifyQuery) -> Answer:
     """``scores``: one image's probabilities (or multi-label sigmoids); ``query`` from :func:`check_query`."""
+    verdict = decide(spec, scores)
     if spec.multilabel:
-        return _multilabel(spec, scores, query.top_k)
+        return _multilabel(spec, scores, query.top_k, verdict)
     if spec.taxonomy is not None:
-        return _hierarchical(spec, scores, query)
-    return Answer(_top(spec.classes, scores, query.top_k or 1))
+        return _hierarchical(spec, scores, query, verdict)
+    return Answer(_top(spec.classes, scores, query.top_k or 1), verdict)
 
 
 def _top(names: list[str], scores: np.ndarray, k: int) -> list[dict]:
@@ -62,17 +78,18 @@ def _top(names: list[str], scores: np.ndarray, k: int) -> list[dict]:
     return [{"label": names[i], "index": int(i), "score": float(scores[i])} for i in order]
 
 
-def _multilabel(spec: TaskSpec, scores: np.ndarray, top_k: int | None) -> Answer:
+def _multilabel(spec: TaskSpec, scores: np.ndarray, top_k: int | None, verdict: Verdict) -> Answer:
     assert spec.thresholds is not None
-    positive = scores >= spec.thresholds
+    positive = np.zeros(len(scores), bool)
+    positive[verdict.predicted] = True
     order = np.argsort(-scores, kind="stable")
     chosen = order[:top_k] if top_k is not None else [i for i in order if positive[i]]
     preds = [{"label": spec.classes[i], "index": int(i), "score": float(scores[i]),
               "threshold": float(spec.thresholds[i]), "positive": bool(positive[i])} for i in chosen]  # fmt: skip
-    return Answer(preds, labels=[spec.classes[i] for i in order if positive[i]])
+    return Answer(preds, verdict, labels=[spec.classes[i] for i in order if positive[i]])
 
 
-def _hierarchical(spec: TaskSpec, probs: np.ndarray, query: ClassifyQuery) -> Answer:
+def _hierarchical(spec: TaskSpec, probs: np.ndarray, query: ClassifyQuery, verdict: Verdict) -> Answer:
     assert spec.taxonomy is not None
     per_level = {d: probs @ spec.level(d)[1] for d in range(1, spec.depth + 1)}
 
@@ -87,4 +104,4 @@ def _hierarchical(spec: TaskSpec, probs: np.ndarray, query: ClassifyQuery) -> An
     preds = _top(names, scores, query.top_k or 1)
     for p in preds:
         p["path"] = path(p["label"])
-    return Answer(preds, level=query.level)
+    return Answer(preds, verdict, level=query.level)

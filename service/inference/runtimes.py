@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from training._env import bentoml_home
-from training.store import StoredModel
+from training.stored import StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ def locked(directory: Path) -> Iterator[None]:
 
 
 def _example(stored: StoredModel, batch: int = 2) -> torch.Tensor:
-    pp = stored.preprocessing
-    return torch.randn(batch, pp.channels, pp.input_size, pp.input_size)
+    return torch.randn(batch, *stored.input_shape)
 
 
 # ---------------------------------------------------------------- torch

@@ -2,7 +2,7 @@
 
 BentoML's new-style services cannot serve gRPC, so each worker starts a ``grpc.aio`` server on its
 own event loop at start-up (grpcio sets SO_REUSEPORT: the workers share the port) and calls the same
-:class:`~service.serving.ServingState` as HTTP, so gRPC and HTTP images land in the same batches and
+:class:`~service.serving.ClassifyPath` as HTTP, so gRPC and HTTP images land in the same batches and
 follow the same hot reloads. The generated stubs are those shipped by ``tritonclient``, the protocol's
 reference client, so any Triton/KServe client talks to it unchanged.
 """
@@ -13,7 +13,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 
 import grpc
 import numpy as np
@@ -23,26 +22,28 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from service import telemetry
+from service import errors, telemetry
 from service.errors import NotReady, ServiceError
 from service.protocols import oip
-from service.serving.state import ServingState
+from service.serving import ClassifyPath
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 
-_CODES = {
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    HTTPStatus.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+_CODES: dict[type[ServiceError], grpc.StatusCode] = {
+    errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
 }
 
 
 def grpc_code(err: ServiceError) -> grpc.StatusCode:
     """4xx input problems are INVALID_ARGUMENT; size limits RESOURCE_EXHAUSTED; not ready UNAVAILABLE."""
-    return _CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT)
+    return next((_CODES[c] for c in type(err).__mro__ if c in _CODES), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def observed(fn: Callable) -> Callable:
@@ -56,8 +57,7 @@ def observed(fn: Callable) -> Callable:
             return await fn(self, request, context)
         except ServiceError as err:
             code = grpc_code(err)
-            if not err.counted:
-                telemetry.REJECTED.labels("grpc:" + method, err.reason).inc()
+            telemetry.REJECTED.labels("grpc:" + method, err.reason).inc()
             await context.abort(code, err.message)
         except Exception:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -74,8 +74,8 @@ def observed(fn: Callable) -> Callable:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: ServingState):
-        self.state = state
+    def __init__(self, path: ClassifyPath):
+        self.path = path
 
     @observed
     async def ServerLive(self, request, context):
@@ -83,7 +83,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @observed
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.state.ready)
+        return pb.ServerReadyResponse(ready=self.path.ready)
 
     @observed
     async def ServerMetadata(self, request, context):
@@ -92,14 +92,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @observed
     async def ModelReady(self, request, context):
         try:
-            oip.check_model(self.state, request.name, request.version)
+            oip.check_model(self.path, request.name, request.version)
         except ServiceError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     @observed
     async def ModelMetadata(self, request, context):
-        clf = oip.check_model(self.state, request.name, request.version)
+        clf = oip.check_model(self.path, request.name, request.version)
         meta = oip.model_metadata(clf, request.name)
         tensors = {key: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta[key]]
                    for key in ("inputs", "outputs")}  # fmt: skip
@@ -109,7 +109,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @observed
     async def RepositoryIndex(self, request, context):
         """The served model with its version and state (clients that list models before inferring)."""
-        models = oip.repository_index(self.state, request.ready)
+        models = oip.repository_index(self.path, request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
 
     @observed
@@ -117,7 +117,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Triton's model configuration; its ``parameters`` carry the class names (JSON) for gRPC clients."""
         import json
 
-        clf = oip.check_model(self.state, request.name, request.version)
+        clf = oip.check_model(self.path, request.name, request.version)
         c, h, w = clf.input_shape
         config = mc.ModelConfig(
             name=request.name, platform=f"imgclf_{clf.runtime.name}", max_batch_size=0,
@@ -134,10 +134,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @observed
     async def ModelInfer(self, request, context):
-        if not self.state.ready:
+        if not self.path.ready:
             raise NotReady("the model is still loading; retry shortly")
-        with self.state.arriving():
-            resp = await oip.infer(self.state, from_proto(request, self.state.admit))
+        with self.path.arriving():
+            resp = await oip.infer(self.path, from_proto(request, self.path.admit))
         return to_proto(resp)
 
 
@@ -176,8 +176,8 @@ def to_proto(resp: oip.InferResponse) -> pb.ModelInferResponse:
 class GrpcServer:
     """One per worker: the inference service and the health service on ``settings.grpc_port``."""
 
-    def __init__(self, state: ServingState, settings: Settings):
-        self.state, self.settings = state, settings
+    def __init__(self, path: ClassifyPath, settings: Settings):
+        self.path, self.settings = path, settings
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
 
@@ -188,13 +188,13 @@ class GrpcServer:
                      ("grpc.so_reuseport", 1)],
             maximum_concurrent_rpcs=self.settings.max_concurrency,
         )  # fmt: skip
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.state), self.server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.path), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self.server.add_insecure_port(address)
         await self.server.start()
         status = (
-            health_pb2.HealthCheckResponse.SERVING if self.state.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            health_pb2.HealthCheckResponse.SERVING if self.path.ready else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)

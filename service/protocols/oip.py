@@ -27,7 +27,7 @@ import numpy as np
 
 from service.errors import InvalidInput, ServiceError
 from service.inference.classifier import Classifier
-from service.serving.state import ServingState
+from service.serving import ClassifyPath
 
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"
@@ -82,25 +82,25 @@ def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": version("imgclf"), "extensions": EXTENSIONS}
 
 
-def repository_index(state: ServingState, ready_only: bool = False) -> list[dict[str, str]]:
-    """The model repository as Triton lists it: the one served model, its version and state.
+def repository_index(path: ClassifyPath, ready_only: bool = False) -> list[dict[str, str]]:
+    """The model repository as Triton lists it: the one served model, its version and path.
 
     ``READY`` with the served version once loaded; ``LOADING`` (no version yet) before. ``ready_only``
     (the request's ``ready`` flag) leaves out a model that is not ready.
     """
-    clf = state.classifier
-    name = state.settings.model_name
+    clf = path.classifier
+    name = path.model_name
     if clf is not None:
-        return [{"name": name, "version": version_of(clf), "state": "READY", "reason": ""}]
+        return [{"name": name, "version": version_of(clf), "path": "READY", "reason": ""}]
     if ready_only:
         return []
-    return [{"name": name, "version": "", "state": "LOADING", "reason": "the model is still loading"}]
+    return [{"name": name, "version": "", "path": "LOADING", "reason": "the model is still loading"}]
 
 
-def check_model(state: ServingState, name: str, version: str = "") -> Classifier:
+def check_model(path: ClassifyPath, name: str, version: str = "") -> Classifier:
     """The served classifier if ``name`` (and ``version``, when given) is what this server serves."""
-    clf = state.require()
-    served = state.settings.model_name
+    clf = path.require()
+    served = path.model_name
     if name != served:
         raise InvalidInput(f"unknown model {name!r}; this server serves {served!r}", reason="unknown_model")
     if version and version != version_of(clf):
@@ -116,7 +116,7 @@ def output_names(clf: Classifier) -> dict[str, list[str]]:
     if task.multilabel:
         out[LABELS_OUTPUT] = clf.classes
     if task.taxonomy is not None:
-        out |= {LEVEL_OUTPUT.format(d): task.level(d)[0] for d in range(1, task.depth + 1)}
+        out |= {LEVEL_OUTPUT.format(d): nodes for d, nodes in enumerate(task.levels(), start=1)}
     return out
 
 
@@ -129,7 +129,7 @@ def task_parameters(clf: Classifier) -> dict[str, Any]:
     """What a client needs to read the outputs: task, thresholds, taxonomy and the levels' nodes."""
     out = clf.task.metadata()
     if clf.task.taxonomy is not None:
-        out["levels"] = [clf.task.level(d)[0] for d in range(1, clf.task.depth + 1)]
+        out["levels"] = clf.task.levels()
     return out
 
 
@@ -147,20 +147,20 @@ def model_metadata(clf: Classifier, name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def infer(state: ServingState, req: InferRequest) -> InferResponse:
+async def infer(path: ClassifyPath, req: InferRequest) -> InferResponse:
     """Run one request. Raises :class:`ServiceError` (mapped to a gRPC code or HTTP status by the caller)."""
-    check_model(state, req.model_name, req.model_version)
+    check_model(path, req.model_name, req.model_version)
     if len(req.inputs) != 1:
         raise InvalidInput(f"send exactly one input, got {len(req.inputs)}: '{IMAGE_INPUT}' (BYTES [N], encoded "
                            f"image files) or '{TENSOR_INPUT}' (FP32 [N, C, H, W], preprocessed)",
                            reason="bad_inputs")  # fmt: skip
     tensor = req.inputs[0]
     if tensor.name == IMAGE_INPUT:
-        clf, probs = await _infer_images(state, tensor)
+        clf, probs = await _infer_images(path, tensor)
     elif tensor.name == TENSOR_INPUT:
         if tensor.datatype != "FP32":
             raise InvalidInput(f"input '{TENSOR_INPUT}' must be FP32, got {tensor.datatype}", reason="bad_datatype")
-        clf, probs = await state.probabilities_of_tensors(tensor.data, ENDPOINT)
+        clf, probs = await path.probabilities_of_tensors(tensor.data, ENDPOINT)
     else:
         raise InvalidInput(f"unknown input {tensor.name!r}; inputs are '{IMAGE_INPUT}' (BYTES) and "
                            f"'{TENSOR_INPUT}' (FP32)", reason="bad_inputs")  # fmt: skip
@@ -169,11 +169,11 @@ async def infer(state: ServingState, req: InferRequest) -> InferResponse:
     return InferResponse(req.model_name, version_of(clf), req.id, outputs)
 
 
-async def _infer_images(state: ServingState, tensor: Tensor) -> tuple[Classifier, np.ndarray]:
+async def _infer_images(path: ClassifyPath, tensor: Tensor) -> tuple[Classifier, np.ndarray]:
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input '{IMAGE_INPUT}' must be BYTES (encoded image files), got {tensor.datatype}",
                            reason="bad_datatype")  # fmt: skip
-    clf, results = await state.probabilities(list(tensor.data), ENDPOINT)  # admitted there, as for every protocol
+    clf, results = await path.probabilities(list(tensor.data), ENDPOINT)  # admitted there, as for every protocol
     for i, result in enumerate(results):
         if isinstance(result, ServiceError):
             raise type(result)(f"{IMAGE_INPUT}[{i}]: {result.message}", reason=result.reason)

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from service.edge.parsing import read_body
 from service.errors import InvalidInput, NotReady
 from service.protocols import oip
-from service.serving.state import ServingState
+from service.serving import ClassifyPath
+from service.settings import Settings
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -66,7 +67,7 @@ class InferRequestJSON(_Loose):
     parameters: RequestParameters = RequestParameters()
 
 
-def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
+def create_oip_router(settings: Settings, get_path: Callable[[], ClassifyPath]) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
     @router.get("", summary="Server metadata")
@@ -79,7 +80,7 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
 
     @router.get("/health/ready", summary="Server ready (503 until the model is loaded)")
     async def ready() -> Response:
-        is_ready = get_state().ready
+        is_ready = get_path().ready
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @router.post("/repository/index", summary="Model repository index: the served model, its version and state")
@@ -89,19 +90,19 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
             ready = bool(json.loads(body or b"{}").get("ready", False))
         except (ValueError, AttributeError) as exc:
             raise InvalidInput('the body must be a JSON object such as {"ready": true}', reason="bad_json") from exc
-        return oip.repository_index(get_state(), ready)
+        return oip.repository_index(get_path(), ready)
 
     @router.get("/models/{name}", summary="Model metadata: tensors and classes")
     @router.get("/models/{name}/versions/{version}", summary="Model metadata for a version")
     async def model_metadata(name: str, version: str = "") -> dict:
-        return oip.model_metadata(oip.check_model(get_state(), name, version), name)
+        return oip.model_metadata(oip.check_model(get_path(), name, version), name)
 
     @router.get("/models/{name}/ready", summary="Model ready")
     @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
     async def model_ready(name: str, version: str = "") -> Response:
         """200 when served and ready; 503 while loading; 400 for a model or version this server does not serve."""
         try:
-            oip.check_model(get_state(), name, version)
+            oip.check_model(get_path(), name, version)
         except NotReady:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
         except InvalidInput as exc:
@@ -111,11 +112,11 @@ def create_oip_router(get_state: Callable[[], ServingState]) -> APIRouter:
     @router.post("/models/{name}/infer", summary="Inference (JSON, or JSON + binary tensors)")
     @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
     async def infer(name: str, request: Request, version: str = "") -> Response:
-        state = get_state()
-        with state.arriving():
-            body = await read_body(request, state.settings.grpc_max_message_bytes)
+        path = get_path()
+        with path.arriving():
+            body = await read_body(request, settings.grpc_max_message_bytes)
             req = parse_request(name, version, body, request.headers.get(HEADER))
-            resp = await oip.infer(state, req)
+            resp = await oip.infer(path, req)
         return encode_response(resp, req)
 
     return router

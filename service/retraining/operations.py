@@ -6,32 +6,37 @@ The admin routes call these; every worker also runs :meth:`Operations.tick` on i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from service import telemetry
 from service.edge.schemas import RetrainRequest
-from service.errors import InvalidInput, NotFound, ServiceError
+from service.errors import InvalidInput, NotFound, Unavailable
 from service.retraining.backends import Backend, make_backend, sweep
 from service.retraining.feedback import Feedback, save_feedback
 from service.retraining.job import job_config
 from service.retraining.registry import Registry
-from service.serving.state import ServingState
+from service.serving.follower import ModelFollower
 from service.settings import Settings
 from training import store
 
 log = logging.getLogger(__name__)
 
 
-class JobStartFailed(ServiceError):
-    status = 503
+class JobStartFailed(Unavailable):
     reason = "job_start_failed"
 
 
 class Operations:
-    def __init__(self, settings: Settings, registry: Registry, state: ServingState, backend: Backend | None = None):
+    """``follower`` is this worker's model follower (feedback checks labels against the served model);
+    ``refresh()`` makes it look at the registry now (after a promotion or rollback handled here)."""
+
+    def __init__(self, settings: Settings, registry: Registry, follower: ModelFollower,
+                 refresh: Callable[[], None] = lambda: None, backend: Backend | None = None):  # fmt: skip
         self.settings = settings
         self.registry = registry
-        self.state = state
+        self.follower = follower
+        self.refresh = refresh
         self.backend = backend or make_backend(settings, registry)
         self.model_name = settings.model_name
 
@@ -89,13 +94,13 @@ class Operations:
         event = self.registry.promote(self.model_name, tag, reason, kind="manual",
                                       challenger={"accuracy": test.get("accuracy")})  # fmt: skip
         telemetry.PROMOTIONS.labels("manual").inc()
-        self.state.wake()
+        self.refresh()
         return event
 
     def rollback(self, reason: str) -> dict[str, Any]:
         event = self.registry.rollback(self.model_name, reason)
         telemetry.PROMOTIONS.labels("rollback").inc()
-        self.state.wake()
+        self.refresh()
         return event
 
     def models(self) -> dict[str, Any]:
@@ -111,7 +116,7 @@ class Operations:
 
     # ------------------------------------------------------------ feedback
     def feedback(self, data: bytes, label: str) -> Feedback:
-        clf = self.state.require()
+        clf = self.follower.require()
         if clf.task.multilabel:
             raise InvalidInput("feedback takes one label per image, and a multi-label model needs all of an "
                                "image's labels: add the image to the model's CSV manifest instead",

@@ -1,0 +1,50 @@
+"""What one worker does to serve: follow the model to serve (``follower``), take every protocol's images
+down one path (``classify``), and run the periodic tasks (``periodic``). :func:`build_worker` wires them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from service import telemetry
+from service.inference import MicroBatcher, build_classifier
+from service.retraining.registry import Registry
+from service.serving.classify import Admission, Arrivals, ClassifyPath, ImageResult
+from service.serving.follower import ModelFollower, Served, resolve_tag
+from service.serving.periodic import Periodic
+from service.settings import Settings
+from training.store import load_model
+
+__all__ = ["ClassifyPath", "ImageResult", "ModelFollower", "Periodic", "Worker", "build_worker", "resolve_tag"]
+
+
+@dataclass
+class Worker:
+    follower: ModelFollower
+    path: ClassifyPath
+    periodic: Periodic
+
+    async def close(self) -> None:
+        self.periodic.stop()
+        await self.follower.close()
+        self.path.close()
+
+
+def build_worker(settings: Settings, registry: Registry | None = None) -> Worker:
+    """The serving parts of one worker, wired (nothing loaded yet: call ``follower.load()``)."""
+    arrivals = Arrivals()
+    options = settings.inference()
+
+    def build(tag: str) -> Served:
+        started = time.perf_counter()
+        clf = build_classifier(load_model(tag), options, started=started)
+        batcher = MicroBatcher(clf.infer, settings.max_batch_size, settings.max_latency_ms,
+                               on_batch=telemetry.observe_batch)  # fmt: skip
+        batcher.also_coming = lambda: arrivals.count
+        return Served(clf, batcher)
+
+    follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
+    admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
+    path = ClassifyPath(settings.model_name, lambda: follower.served, admission, arrivals, settings.default_top_k,
+                        settings.low_confidence)  # fmt: skip
+    return Worker(follower, path, Periodic(settings.registry_poll_seconds, [follower.poll]))

@@ -8,6 +8,13 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+
+SPLIT_DIRS = ("train", "val", "test")  # split names a folder tree or a manifest's split column may use
 
 
 @dataclass(frozen=True)
@@ -186,3 +193,25 @@ def check_trainable(splits: DataSplits, where: str) -> None:
             f"{kind} with no training images in {where}: {', '.join(empty)}. "
             f"Every {kind.lower()[:-1]} needs at least one training image."
         )
+
+
+def split_generated(splits: DataSplits, cfg: DataConfig) -> DataSplits:
+    splits.train, splits.val, splits.test = stratified_split(
+        splits.train, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+    )
+    return splits
+
+
+def fill_missing_splits(splits: DataSplits, cfg: DataConfig) -> DataSplits:
+    """A source that gives train (and maybe test) but not val: carve the missing ones from train."""
+    if splits.val and splits.test:
+        return splits
+    val_f = 0.0 if splits.val else cfg.val_fraction
+    test_f = 0.0 if splits.test else cfg.test_fraction
+    train, val, test = stratified_split(splits.train, max(val_f, 1e-9), max(test_f, 1e-9), cfg.split_seed)
+    splits.train = train
+    splits.val = splits.val or val
+    splits.test = splits.test or test
+    splits.split_origin = "given+generated"
+    return splits
+

@@ -1,4 +1,4 @@
-"""Start and stop a real `bentoml serve` subprocess on free local ports (tests, benchmarks, load tests)."""
+"""Start and stop a real `bentoml serve` subprocess on free local ports, and measure its workers."""
 
 from __future__ import annotations
 
@@ -87,3 +87,16 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of ``pids`` together (processes that are gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total

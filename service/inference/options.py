@@ -1,0 +1,16 @@
+"""What the predictor needs to know, as one plain record (the service fills it from its settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    runtime: str = "auto"  # a runtime name (service.inference.runtimes), or auto: measure and choose
+    max_batch_size: int = 32  # most images in one inference batch
+    threads: int | None = None  # inference threads (default: cores / workers)
+    workers: int = 1  # worker processes sharing the cores
+    max_pixels: int = 40_000_000  # largest accepted image (width x height)
+    agreement_threshold: float = 0.995  # reduced precision must agree with fp32 on this share of decisions
+    agreement_samples: int = 1000  # recorded test images the agreement is measured on

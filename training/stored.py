@@ -1,0 +1,38 @@
+"""A model loaded from the store, as plain data (no BentoML here: the predictor imports this, the store fills it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .transforms import Preprocessing
+
+SPLIT_FILE = "split.json"
+REPORT_DIR = "report"
+
+
+@dataclass
+class StoredModel:
+    """A model loaded from the store: the network (eval mode) and everything needed to feed it."""
+
+    tag: str
+    model: nn.Module
+    classes: list[str]
+    preprocessing: Preprocessing
+    metadata: dict[str, Any]
+    path: Path
+    created: str = ""  # ISO 8601 creation time in the store
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one preprocessed image."""
+        pp = self.preprocessing
+        return (pp.channels, pp.input_size, pp.input_size)
+
+    def split(self) -> dict[str, Any] | None:
+        f = self.path / SPLIT_FILE
+        return json.loads(f.read_text()) if f.is_file() else None
