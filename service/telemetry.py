@@ -11,6 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from service.inference.answers import Verdict
+    from service.retraining.records import Job
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -47,7 +48,8 @@ RETRAIN_SECONDS = Histogram("imgclf_retrain_job_duration_seconds", "Wall time of
                             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400))  # fmt: skip
 PROMOTIONS = Counter("imgclf_promotions_total", "Champion decisions: promoted, refused, manual, rollback.",
                      ["decision"])  # fmt: skip
-CHALLENGER_ACCURACY = Gauge("imgclf_last_challenger_accuracy", "Holdout accuracy of the last judged challenger.",
+CHALLENGER_ACCURACY = Gauge("imgclf_last_challenger_accuracy",
+                            "Holdout primary metric (accuracy; mAP multi-label) of the last judged challenger.",
                             ["model"], multiprocess_mode="mostrecent")  # fmt: skip
 FEEDBACK = Counter("imgclf_feedback_samples_total", "Feedback images collected (duplicates not counted).", ["model"])
 GRPC_REQUESTS = Counter("imgclf_grpc_requests_total", "gRPC calls, by method and status code.", ["method", "code"])
@@ -98,19 +100,19 @@ def set_champion(model: str, tag: str) -> None:
     _mark_current(CHAMPION_INFO, model, tag)
 
 
-def observe_job(job: dict) -> None:
+def observe_job(job: Job) -> None:
     """Count one ended job (each is handed to exactly one worker by the registry)."""
     import datetime as dt
 
-    RETRAIN_JOBS.labels(job["status"]).inc()
-    if job.get("started_at") and job.get("finished_at"):
-        seconds = dt.datetime.fromisoformat(job["finished_at"]) - dt.datetime.fromisoformat(job["started_at"])
+    RETRAIN_JOBS.labels(job.status).inc()
+    if job.started_at and job.finished_at:
+        seconds = dt.datetime.fromisoformat(job.finished_at) - dt.datetime.fromisoformat(job.started_at)
         RETRAIN_SECONDS.observe(seconds.total_seconds())
-    decision = job.get("decision") or {}
-    if decision:
-        PROMOTIONS.labels("promoted" if decision.get("promoted") else "refused" if not decision.get("promote")
-                          else "passed").inc()  # fmt: skip
-        CHALLENGER_ACCURACY.labels(job["model_name"]).set(decision["challenger"]["accuracy"])
+    if job.decision is not None:
+        decision = job.decision
+        PROMOTIONS.labels("promoted" if decision.promoted else "passed" if decision.promote else "refused").inc()
+        if decision.challenger_score is not None:
+            CHALLENGER_ACCURACY.labels(job.model_name).set(decision.challenger_score)
 
 
 _cpu_seen = [0.0]

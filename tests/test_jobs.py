@@ -8,14 +8,20 @@ import time
 from pathlib import Path
 
 from service.retraining.backends import KubernetesBackend, LocalBackend, describe_exit, proc_state, sweep
+from service.retraining.records import Job
 from service.retraining.registry import Registry
 from service.settings import Settings
+
+
+def queued(job_id: str) -> Job:
+    return Job(id=job_id, model_name="m", status="queued", backend="kubernetes", request={}, config={},
+               created_at="2026-01-01T00:00:00+00:00")  # fmt: skip
 
 
 def test_kubernetes_manifest_is_the_template_with_the_job_filled_in(tmp_path):
     settings = Settings(model_name="m")
     backend = KubernetesBackend(settings, registry=None, api=object())
-    body = backend.manifest({"id": "abc123"})
+    body = backend.manifest(queued("abc123"))
     assert body["apiVersion"] == "batch/v1" and body["kind"] == "Job"
     assert body["metadata"]["name"] == "imgclf-retrain-abc123"
     assert body["metadata"]["labels"]["imgclf/job-id"] == "abc123"
@@ -25,7 +31,7 @@ def test_kubernetes_manifest_is_the_template_with_the_job_filled_in(tmp_path):
     assert container["command"] == ["python", "-m", "service.retraining.job"] and container["args"] == ["abc123"]
     assert {"name": "IMGCLF_JOB_ID", "value": "abc123"} in container["env"]
     assert pod["spec"]["restartPolicy"] == "Never" and body["spec"]["backoffLimit"] == 0
-    assert backend.manifest({"id": "other"})["spec"]["template"]["spec"]["containers"][0]["args"] == ["other"]
+    assert backend.manifest(queued("other"))["spec"]["template"]["spec"]["containers"][0]["args"] == ["other"]
 
 
 def test_sweep_fails_jobs_whose_process_is_gone(tmp_path):
@@ -34,17 +40,17 @@ def test_sweep_fails_jobs_whose_process_is_gone(tmp_path):
     gone = registry.create_job("m", "local", {}, {})
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    registry.start_job(gone["id"], pid=proc.pid, host=backend.host)
+    registry.start_job(gone.id, pid=proc.pid, host=backend.host)
     alive = registry.create_job("n", "local", {}, {})
-    registry.start_job(alive["id"], pid=1, host=backend.host)  # pid 1 runs, but not this job: a recycled pid
+    registry.start_job(alive.id, pid=1, host=backend.host)  # pid 1 runs, but not this job: a recycled pid
     elsewhere = registry.create_job("o", "local", {}, {})
-    registry.start_job(elsewhere["id"], pid=1, host="another-host")  # cannot tell; heartbeat is recent
-    assert backend.alive(registry.job(gone["id"])) is False
-    assert set(sweep(registry, backend, stale_seconds=3600, grace=0)) == {gone["id"], alive["id"]}
-    assert registry.job(gone["id"])["status"] == "failed"
-    assert "process is gone" in registry.job(gone["id"])["error"]
-    assert registry.job(elsewhere["id"])["status"] == "running"
-    assert sweep(registry, backend, stale_seconds=0, grace=0) == [elsewhere["id"]]  # silent too long
+    registry.start_job(elsewhere.id, pid=1, host="another-host")  # cannot tell; heartbeat is recent
+    assert backend.alive(registry.job(gone.id)) is False
+    assert set(sweep(registry, backend, stale_seconds=3600, grace=0)) == {gone.id, alive.id}
+    assert registry.job(gone.id).status == "failed"
+    assert "process is gone" in registry.job(gone.id).error
+    assert registry.job(elsewhere.id).status == "running"
+    assert sweep(registry, backend, stale_seconds=0, grace=0) == [elsewhere.id]  # silent too long
 
 
 def test_a_killed_job_is_reported_by_its_reaper_not_as_gone(tmp_path):
@@ -52,18 +58,18 @@ def test_a_killed_job_is_reported_by_its_reaper_not_as_gone(tmp_path):
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     backend = LocalBackend(Settings(jobs_dir=tmp_path), registry)
     job = registry.create_job("m", "local", {}, {})
-    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(60)  # {job['id']}"])
-    registry.start_job(job["id"], pid=proc.pid, host=backend.host)
-    assert backend.alive(registry.job(job["id"])) is True
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(60)  # {job.id}"])
+    registry.start_job(job.id, pid=proc.pid, host=backend.host)
+    assert backend.alive(registry.job(job.id)) is True
     proc.kill()
     deadline = time.monotonic() + 10
     while proc_state(Path(f"/proc/{proc.pid}")) != "Z" and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert backend.alive(registry.job(job["id"])) is True  # a zombie: killed, not yet reaped
+    assert backend.alive(registry.job(job.id)) is True  # a zombie: killed, not yet reaped
     assert sweep(registry, backend, stale_seconds=3600, grace=0) == []
-    backend._reap(job["id"], proc)
-    assert registry.job(job["id"])["status"] == "failed" and "SIGKILL" in registry.job(job["id"])["error"]
-    assert backend.alive(registry.job(job["id"])) is False
+    backend._reap(job.id, proc)
+    assert registry.job(job.id).status == "failed" and "SIGKILL" in registry.job(job.id).error
+    assert backend.alive(registry.job(job.id)) is False
 
 
 def test_exit_codes_are_described():
@@ -130,14 +136,14 @@ def test_kubernetes_backend_creates_follows_and_deletes_jobs(tmp_path):
     backend = KubernetesBackend(Settings(k8s_namespace="ml"), registry, api=fake.client())
     job = registry.create_job("m", "kubernetes", {}, {})
     backend.submit(job)
-    job = registry.job(job["id"])
-    assert job["external_id"] == f"imgclf-retrain-{job['id']}"
+    job = registry.job(job.id)
+    assert job.external_id == f"imgclf-retrain-{job.id}"
     assert fake.calls[0] == ("POST", "/apis/batch/v1/namespaces/ml/jobs")
-    assert fake.jobs[job["external_id"]]["spec"]["template"]["spec"]["containers"][0]["args"] == [job["id"]]
+    assert fake.jobs[job.external_id]["spec"]["template"]["spec"]["containers"][0]["args"] == [job.id]
     assert backend.alive(job) is True
-    fake.jobs[job["external_id"]]["status"] = {"failed": 1}
+    fake.jobs[job.external_id]["status"] = {"failed": 1}
     assert backend.alive(job) is False  # the pod failed: the sweep will fail the job
     backend.cancel(job)
-    assert fake.calls[-1][0] == "DELETE" and job["external_id"] not in fake.jobs
+    assert fake.calls[-1][0] == "DELETE" and job.external_id not in fake.jobs
     assert backend.alive(job) is False  # gone
     fake.server.shutdown()

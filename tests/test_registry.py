@@ -10,6 +10,7 @@ from postgres import postgres_server
 
 from service.errors import Conflict, JobConflict, NotFound
 from service.retraining import db
+from service.retraining.records import Decision
 from service.retraining.registry import Registry
 
 
@@ -44,7 +45,7 @@ def test_first_model_becomes_champion_once(registry):
     assert registry.champion("m") is None
     assert registry.ensure_champion("m", "m:v1") == "m:v1"
     assert registry.ensure_champion("m", "m:v2") == "m:v1"  # a champion exists: unchanged
-    assert [e["kind"] for e in registry.history("m")] == ["initial"]
+    assert [e.kind for e in registry.history("m")] == ["initial"]
 
 
 def test_promote_rollback_is_a_stack(registry):
@@ -55,37 +56,39 @@ def test_promote_rollback_is_a_stack(registry):
     with pytest.raises(Conflict):
         registry.promote("m", "m:v3", "again")
     event = registry.rollback("m", "v3 misbehaves")
-    assert (event["kind"], event["tag"], event["previous_tag"]) == ("rollback", "m:v2", "m:v3")
-    assert registry.rollback("m", "and v2")["tag"] == "m:v1"
+    assert (event.kind, event.tag, event.previous_tag) == ("rollback", "m:v2", "m:v3")
+    assert registry.rollback("m", "and v2").tag == "m:v1"
     with pytest.raises(Conflict, match="no earlier champion"):
         registry.rollback("m", "nothing left")
-    kinds = [e["kind"] for e in registry.history("m")]
+    kinds = [e.kind for e in registry.history("m")]
     assert kinds == ["rollback", "rollback", "promoted", "promoted", "initial"]
     promoted = registry.history("m")[3]
-    assert promoted["challenger"] == {"accuracy": 0.9} and promoted["champion"] == {"accuracy": 0.8}
+    assert promoted.challenger == {"accuracy": 0.9} and promoted.champion == {"accuracy": 0.8}
 
 
 def test_refusal_is_recorded_and_changes_nothing(registry):
     registry.ensure_champion("m", "m:v1")
     registry.refuse("m", "m:v2", "worse", challenger={"accuracy": 0.3}, champion={"accuracy": 0.9}, job_id="j")
     assert registry.champion("m") == "m:v1"
-    assert registry.history("m")[0]["kind"] == "refused"
+    assert registry.history("m")[0].kind == "refused"
 
 
 def test_one_active_job_per_model(registry):
     job = registry.create_job("m", "local", {"epochs": 1}, {"name": "m"})
-    assert job["status"] == "queued"
+    assert job.status == "queued"
     with pytest.raises(JobConflict) as err:
         registry.create_job("m", "local", {}, {})
-    assert err.value.job_id == job["id"]
+    assert err.value.job_id == job.id
     registry.create_job("other", "local", {}, {})  # other model names are independent
-    assert registry.start_job(job["id"], pid=123, host="h")
-    assert not registry.start_job(job["id"])  # only from queued
-    assert registry.heartbeat(job["id"], {"epoch": 1}) is False
-    assert registry.finish_job(job["id"], "succeeded", result_tag="m:v2", decision={"promote": True})
-    assert not registry.finish_job(job["id"], "failed")  # already ended
-    ended = registry.job(job["id"])
-    assert ended["status"] == "succeeded" and ended["progress"] == {"epoch": 1} and ended["finished_at"]
+    assert registry.start_job(job.id, pid=123, host="h")
+    assert not registry.start_job(job.id)  # only from queued
+    assert registry.heartbeat(job.id, {"epoch": 1}) is False
+    decision = Decision(promote=True, reason="better", challenger={"primary": "accuracy", "accuracy": 0.9})
+    assert registry.finish_job(job.id, "succeeded", result_tag="m:v2", decision=decision)
+    assert not registry.finish_job(job.id, "failed")  # already ended
+    ended = registry.job(job.id)
+    assert ended.status == "succeeded" and ended.progress == {"epoch": 1} and ended.finished_at
+    assert ended.decision == decision and ended.decision.challenger_score == 0.9
     registry.create_job("m", "local", {}, {})  # the slot is free again
 
 
@@ -109,12 +112,12 @@ def test_concurrent_job_requests_admit_exactly_one(registry):
 
 def test_cancel_queued_and_claims(registry):
     job = registry.create_job("m", "local", {}, {})
-    assert registry.request_cancel(job["id"])["status"] == "cancelled"
+    assert registry.request_cancel(job.id).status == "cancelled"
     with pytest.raises(Conflict):
-        registry.request_cancel(job["id"])
+        registry.request_cancel(job.id)
     with pytest.raises(NotFound):
         registry.job("nope")
-    assert [j["id"] for j in registry.claim_unobserved()] == [job["id"]]
+    assert [j.id for j in registry.claim_unobserved()] == [job.id]
     assert registry.claim_unobserved() == []  # each ended job is counted once
 
 
@@ -166,3 +169,12 @@ def test_promote_records_the_exact_stored_version_never_an_alias(trained_model, 
         ops.promote(f"{name}:doesnotexist", "test")
     with pytest.raises(InvalidInput, match="not a version of"):
         ops.promote("other:latest", "test")
+
+
+def test_a_challenger_judged_against_one_champion_never_replaces_another(registry):
+    registry.ensure_champion("m", "m:v1")
+    registry.promote("m", "m:v2", "promoted by hand while a job trained")
+    with pytest.raises(Conflict) as err:
+        registry.promote("m", "m:v3", "passed the gate against v1", replacing="m:v1")
+    assert err.value.reason == "champion_changed" and registry.champion("m") == "m:v2"
+    assert registry.promote("m", "m:v3", "passed the gate against v2", replacing="m:v2").tag == "m:v3"

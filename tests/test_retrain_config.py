@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.edge.schemas import RetrainRequest
 from service.errors import Forbidden, InvalidInput
-from service.retraining.job import job_config, resolve_data
+from service.retraining.records import RetrainRequest
+from service.retraining.requests import job_config, resolve_data
 from service.settings import Settings
 
 

@@ -224,8 +224,8 @@ def test_feedback_is_kept_once_and_feeds_the_next_retrain(world, tmp_path):
         assert len(list((tmp_path / "feedback" / "loop" / "blue").iterdir())) == 1
     finally:
         server.stop()
-    from service.edge.schemas import RetrainRequest
-    from service.retraining.job import job_config
+    from service.retraining.records import RetrainRequest
+    from service.retraining.requests import job_config
     from service.settings import Settings
 
     settings = Settings(model_name="loop", feedback_dir=tmp_path / "feedback", data_roots=[world["data"]])

@@ -25,6 +25,7 @@ from service.edge.schemas import (
 )
 from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.retraining.operations import Operations
+from service.retraining.records import ChampionEvent, Job
 
 ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
                                HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
@@ -65,31 +66,33 @@ def create_admin_router(get_ops: Callable[[], Operations]) -> APIRouter:
     @router.post("/retrain", status_code=202, response_model=JobAccepted, summary="Start a retraining job")
     def retrain(body: RetrainRequest, ops: Operations = Admin) -> JobAccepted:
         job = ops.start_retrain(body)
-        return JobAccepted(job_id=job["id"], status=job["status"], url=f"/jobs/{job['id']}")
+        return JobAccepted(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
 
     @router.get("/jobs", response_model=list[JobInfo], summary="Retraining jobs, newest first")
     def jobs(status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
-             limit: int = Query(50, ge=1, le=500), ops: Operations = Admin) -> list[dict]:  # fmt: skip
+             limit: int = Query(50, ge=1, le=500), ops: Operations = Admin) -> list[Job]:  # fmt: skip
         return ops.registry.jobs(ops.model_name, status, limit)
 
     @router.get("/jobs/{job_id}", response_model=JobInfo, summary="One job: progress, log tail, decision")
-    def job(job_id: str, ops: Operations = Admin) -> dict:
-        return ops.job(job_id)
+    def job(job_id: str, ops: Operations = Admin) -> JobInfo:
+        job = ops.registry.job(job_id)
+        return JobInfo(**job.model_dump(), log_tail=ops.log_tail(job))
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobInfo, summary="Cancel a queued or running job")
-    def cancel(job_id: str, ops: Operations = Admin) -> dict:
-        return ops.cancel(job_id)
+    def cancel(job_id: str, ops: Operations = Admin) -> JobInfo:
+        job = ops.cancel(job_id)
+        return JobInfo(**job.model_dump(), log_tail=ops.log_tail(job))
 
     @router.get("/models", response_model=ModelsResponse, summary="Stored versions, champion and its history")
     def models(ops: Operations = Admin) -> dict:
         return ops.models()
 
-    @router.post("/models/promote", summary="Serve a given version (it must load)")
-    def promote(body: PromoteRequest, ops: Operations = Admin) -> dict:
+    @router.post("/models/promote", response_model=ChampionEvent, summary="Serve a given version (it must load)")
+    def promote(body: PromoteRequest, ops: Operations = Admin) -> ChampionEvent:
         return ops.promote(body.tag, body.reason)
 
-    @router.post("/models/rollback", summary="Serve the previous champion again")
-    def rollback(body: RollbackRequest | None = None, ops: Operations = Admin) -> dict:
+    @router.post("/models/rollback", response_model=ChampionEvent, summary="Serve the previous champion again")
+    def rollback(body: RollbackRequest | None = None, ops: Operations = Admin) -> ChampionEvent:
         return ops.rollback((body or RollbackRequest()).reason)
 
     @router.post("/feedback", response_model=FeedbackResponse, summary="An image and its correct label",

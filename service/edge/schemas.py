@@ -1,11 +1,14 @@
-"""Request and response schemas, named by role."""
+"""Request and response schemas, named by role (the retraining loop's records are its own:
+:mod:`service.retraining.records`)."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.retraining.records import ChampionEvent, Job
 
 TASK_DESCRIPTION = (
     "multiclass: the top-k classes. multilabel: every label at or above its threshold (top-k by score when top_k "
@@ -97,49 +100,9 @@ def error_responses(*statuses: HTTPStatus) -> dict[int | str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- retraining and registry
-class RetrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: str | None = Field(
-        None,
-        max_length=1024,
-        description="'fashion-mnist', a class-per-folder directory or a CSV manifest inside the configured data "
-        "roots (relative paths are taken from the first root). Default: the champion's data source.",
-        examples=["fashion-mnist"],
-    )
-    include_feedback: bool = Field(True, description="Add the collected feedback images to the training split.")
-    model: str | None = Field(
-        None,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]*$",
-        description="Architecture ('scratch-cnn' or a timm name). Default: the champion's.",
-    )
-    epochs: int | None = Field(None, ge=1, le=1000, description="Maximum epochs. Default: the champion's config.")
-    overrides: dict[Annotated[str, Field(max_length=100)], Any] = Field(
-        default_factory=dict,
-        max_length=64,
-        description="Training config overrides as dotted keys, e.g. {'optim.lr': 0.001, 'augment.preset': 'medium'}.",
-        examples=[{"optim.lr": 0.001}],
-    )
-    auto_promote: bool = Field(True, description="Promote the new model when it passes the gate.")
 
 
-class JobInfo(BaseModel):
-    id: str
-    model_name: str
-    status: str = Field(..., description="queued, running, succeeded, failed or cancelled.")
-    backend: str
-    request: dict[str, Any]
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    pid: int | None = None
-    host: str | None = None
-    progress: dict[str, Any] | None = Field(None, description="Epoch, epochs and each finished epoch's metrics.")
-    result_tag: str | None = Field(None, description="The model the job produced.")
-    decision: dict[str, Any] | None = Field(None, description="The promotion gate's decision, both sides' metrics.")
-    error: str | None = None
-    cancel_requested: bool = False
+class JobInfo(Job):
     log_tail: list[str] = Field(default_factory=list, description="The last lines of the job's log.")
 
 
@@ -181,7 +144,7 @@ class ModelsResponse(BaseModel):
     name: str
     champion: str | None
     versions: list[ModelVersion]
-    history: list[dict[str, Any]] = Field(..., description="Promotions, refusals and rollbacks, newest first.")
+    history: list[ChampionEvent] = Field(..., description="Promotions, refusals and rollbacks, newest first.")
     feedback: dict[str, int] = Field(..., description="Feedback images collected per label.")
 
 

@@ -83,7 +83,7 @@ def server_metadata() -> dict[str, Any]:
 
 
 def repository_index(path: ClassifyPath, ready_only: bool = False) -> list[dict[str, str]]:
-    """The model repository as Triton lists it: the one served model, its version and path.
+    """The model repository as Triton lists it: the one served model, its version and state.
 
     ``READY`` with the served version once loaded; ``LOADING`` (no version yet) before. ``ready_only``
     (the request's ``ready`` flag) leaves out a model that is not ready.
@@ -91,10 +91,10 @@ def repository_index(path: ClassifyPath, ready_only: bool = False) -> list[dict[
     clf = path.classifier
     name = path.model_name
     if clf is not None:
-        return [{"name": name, "version": version_of(clf), "path": "READY", "reason": ""}]
+        return [{"name": name, "version": version_of(clf), "state": "READY", "reason": ""}]
     if ready_only:
         return []
-    return [{"name": name, "version": "", "path": "LOADING", "reason": "the model is still loading"}]
+    return [{"name": name, "version": "", "state": "LOADING", "reason": "the model is still loading"}]
 
 
 def check_model(path: ClassifyPath, name: str, version: str = "") -> Classifier:

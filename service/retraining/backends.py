@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from service.retraining.registry import ACTIVE, Registry, now
+from service.retraining.records import Job
+from service.retraining.registry import Registry, now
 from service.settings import Settings
 from training._env import REPO_ROOT
 
@@ -34,10 +35,10 @@ JOB_COMMAND = [sys.executable, "-m", "service.retraining.job"]
 class Backend(Protocol):
     name: str
 
-    def submit(self, job: dict[str, Any]) -> None: ...
-    def cancel(self, job: dict[str, Any]) -> None: ...
-    def alive(self, job: dict[str, Any]) -> bool | None: ...  # None: cannot tell from here
-    def log_tail(self, job: dict[str, Any], lines: int = 40) -> list[str]: ...
+    def submit(self, job: Job) -> None: ...
+    def cancel(self, job: Job) -> None: ...
+    def alive(self, job: Job) -> bool | None: ...  # None: cannot tell from here
+    def log_tail(self, job: Job, lines: int = 40) -> list[str]: ...
 
 
 def describe_exit(code: int) -> str:
@@ -62,21 +63,21 @@ class LocalBackend:
         self.registry = registry
         self.host = socket.gethostname()
 
-    def submit(self, job: dict[str, Any]) -> None:
-        job_dir = self.settings.jobs_dir / job["id"]
+    def submit(self, job: Job) -> None:
+        job_dir = self.settings.jobs_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
         log_path = job_dir / "job.log"
         threads = str(self.settings.retrain_threads)
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
-                   IMGCLF_JOB_ID=job["id"])  # fmt: skip
+                   IMGCLF_JOB_ID=job.id)  # fmt: skip
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the service reports jobs from the registry, not the child
         with log_path.open("ab") as out:
-            proc = subprocess.Popen([*JOB_COMMAND, job["id"]], stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([*JOB_COMMAND, job.id], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                     cwd=REPO_ROOT)  # fmt: skip
-        self.registry.update_job(job["id"], pid=proc.pid, host=self.host, log_path=str(log_path))
-        threading.Thread(target=self._reap, args=(job["id"], proc), daemon=True, name=f"reap-{job['id']}").start()
-        log.info("job %s started as process %d (log %s)", job["id"], proc.pid, log_path)
+        self.registry.update_job(job.id, pid=proc.pid, host=self.host, log_path=str(log_path))
+        threading.Thread(target=self._reap, args=(job.id, proc), daemon=True, name=f"reap-{job.id}").start()
+        log.info("job %s started as process %d (log %s)", job.id, proc.pid, log_path)
 
     def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -84,16 +85,16 @@ class LocalBackend:
                                                             f"finishing the job ({describe_exit(code)})"):  # fmt: skip
             log.error("job %s: process %d %s", job_id, proc.pid, describe_exit(code))
 
-    def cancel(self, job: dict[str, Any]) -> None:
-        if job.get("pid") and job.get("host") == self.host and self.alive(job):
-            os.kill(job["pid"], signal.SIGTERM)
+    def cancel(self, job: Job) -> None:
+        if job.pid and job.host == self.host and self.alive(job):
+            os.kill(job.pid, signal.SIGTERM)
 
-    def alive(self, job: dict[str, Any]) -> bool | None:
-        if not job.get("pid"):
+    def alive(self, job: Job) -> bool | None:
+        if not job.pid:
             return None
-        if job.get("host") != self.host:
+        if job.host != self.host:
             return None
-        proc = Path(f"/proc/{job['pid']}")
+        proc = Path(f"/proc/{job.pid}")
         try:
             if proc_state(proc) == "Z":
                 # exited, but the worker that started it has yet to collect its exit status: that worker's
@@ -102,10 +103,10 @@ class LocalBackend:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             return False
-        return job["id"].encode() in cmdline  # not a recycled pid
+        return job.id.encode() in cmdline  # not a recycled pid
 
-    def log_tail(self, job: dict[str, Any], lines: int = 40) -> list[str]:
-        path = job.get("log_path")
+    def log_tail(self, job: Job, lines: int = 40) -> list[str]:
+        path = job.log_path
         if not path or not Path(path).is_file():
             return []
         with open(path, errors="replace") as fh:
@@ -135,47 +136,47 @@ class KubernetesBackend:
             self._api = (client.BatchV1Api(), client.CoreV1Api())
         return self._api
 
-    def manifest(self, job: dict[str, Any]) -> dict[str, Any]:
+    def manifest(self, job: Job) -> dict[str, Any]:
         """The Job object for ``job``: the template with its name, labels and command filled in."""
         body = copy.deepcopy(self.template)
-        name = f"imgclf-retrain-{job['id']}"
+        name = f"imgclf-retrain-{job.id}"
         body["metadata"]["name"] = name
         labels = {"app.kubernetes.io/name": "imgclf", "app.kubernetes.io/component": "retrain",
-                  "imgclf/job-id": job["id"]}  # fmt: skip
+                  "imgclf/job-id": job.id}  # fmt: skip
         body["metadata"].setdefault("labels", {}).update(labels)
         pod = body["spec"]["template"]
         pod.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
         container = pod["spec"]["containers"][0]
-        container["args"] = [*container.get("args", []), job["id"]]
-        container.setdefault("env", []).append({"name": "IMGCLF_JOB_ID", "value": job["id"]})
+        container["args"] = [*container.get("args", []), job.id]
+        container.setdefault("env", []).append({"name": "IMGCLF_JOB_ID", "value": job.id})
         return body
 
-    def submit(self, job: dict[str, Any]) -> None:
+    def submit(self, job: Job) -> None:
         body = self.manifest(job)
         self.api[0].create_namespaced_job(self.settings.k8s_namespace, body)
-        self.registry.update_job(job["id"], external_id=body["metadata"]["name"])
+        self.registry.update_job(job.id, external_id=body["metadata"]["name"])
 
-    def cancel(self, job: dict[str, Any]) -> None:
-        if job.get("external_id"):
-            self.api[0].delete_namespaced_job(job["external_id"], self.settings.k8s_namespace,
+    def cancel(self, job: Job) -> None:
+        if job.external_id:
+            self.api[0].delete_namespaced_job(job.external_id, self.settings.k8s_namespace,
                                               propagation_policy="Background")  # fmt: skip
 
-    def alive(self, job: dict[str, Any]) -> bool | None:
-        if not job.get("external_id"):
+    def alive(self, job: Job) -> bool | None:
+        if not job.external_id:
             return None
         from kubernetes.client.exceptions import ApiException
 
         try:
-            status = self.api[0].read_namespaced_job_status(job["external_id"], self.settings.k8s_namespace).status
+            status = self.api[0].read_namespaced_job_status(job.external_id, self.settings.k8s_namespace).status
         except ApiException as exc:
             return False if exc.status == 404 else None
         return not (status.failed and not status.active) and not status.succeeded
 
-    def log_tail(self, job: dict[str, Any], lines: int = 40) -> list[str]:
-        if not job.get("external_id"):
+    def log_tail(self, job: Job, lines: int = 40) -> list[str]:
+        if not job.external_id:
             return []
         core = self.api[1]
-        pods = core.list_namespaced_pod(self.settings.k8s_namespace, label_selector=f"imgclf/job-id={job['id']}")
+        pods = core.list_namespaced_pod(self.settings.k8s_namespace, label_selector=f"imgclf/job-id={job.id}")
         if not pods.items:
             return []
         text = core.read_namespaced_pod_log(pods.items[-1].metadata.name, self.settings.k8s_namespace,
@@ -199,18 +200,18 @@ def sweep(registry: Registry, backend: Backend, stale_seconds: float, grace: flo
     """
     failed, gone = [], []
     for job in registry.jobs(limit=200):
-        if job["status"] not in ACTIVE:
+        if not job.active:
             continue
         alive = backend.alive(job)
         reason = None
         if alive is False:
-            gone.append(job["id"])
+            gone.append(job.id)
         elif alive is None:
-            last = dt.datetime.fromisoformat(job.get("heartbeat_at") or job["created_at"])
+            last = dt.datetime.fromisoformat(job.heartbeat_at or job.created_at)
             if (now() - last).total_seconds() > stale_seconds:
                 reason = f"no sign of life for over {stale_seconds:.0f} s"
-        if reason and _fail(registry, job["id"], reason):
-            failed.append(job["id"])
+        if reason and _fail(registry, job.id, reason):
+            failed.append(job.id)
     if gone:
         time.sleep(grace)
         reason = "its training process is gone (killed, crashed, or lost with a restart)"

@@ -42,6 +42,8 @@ jobs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("observed", sa.Boolean, nullable=False, default=False),  # counted in some worker's metrics
+    sa.Column("champion_tag", sa.String(255)),  # added in version 2
+    sa.Column("holdout", sa.Text),  # added in version 2
 )  # fmt: skip
 
 # One row per model name while a job runs: the primary key makes "one job at a time" race-free.
@@ -95,8 +97,17 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
 
+def _v2(conn: Connection) -> None:
+    """Jobs record the champion they were built against and the holdout kept out of their training (a database
+    created at version 1 by this code already has the columns: ``_v1`` creates the current tables)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+    for column in (jobs.c.champion_tag, jobs.c.holdout):
+        if column.name not in have:
+            conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"))
+
+
 # Append (version, function) to change the schema; never edit a released step.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

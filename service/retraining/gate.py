@@ -9,25 +9,15 @@ another task than the champion's is never promoted automatically.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+
+from service.retraining.records import Decision
 
 
 @dataclass(frozen=True)
 class GatePolicy:
     tolerance: float = 0.01  # accuracy may fall by at most this much
     max_recall_drop: float = 0.05  # per class, in recall (0-1)
-
-
-@dataclass
-class Decision:
-    promote: bool
-    reason: str
-    challenger: dict
-    champion: dict | None
-    recall_drops: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def summary(metrics: dict) -> dict:
@@ -58,11 +48,16 @@ def _round(value: float) -> float:
 def decide(challenger: dict, champion: dict | None, policy: GatePolicy) -> Decision:
     """``challenger`` and ``champion`` are :func:`summary` dicts measured on the same holdout."""
     if champion is None:
-        return Decision(True, "no champion yet: the first model becomes champion", challenger, None)
+        return Decision(promote=True, reason="no champion yet: the first model becomes champion", challenger=challenger)
     task, champion_task = challenger.get("task", "multiclass"), champion.get("task", "multiclass")
     if (task == "multilabel") != (champion_task == "multilabel"):
-        return Decision(False, f"refused: the challenger is {task} but the champion is {champion_task}; "
-                               "promote it by hand if that change is intended", challenger, champion)  # fmt: skip
+        return Decision(
+            promote=False,
+            reason=f"refused: the challenger is {task} but the champion is {champion_task}; "
+            "promote it by hand if that change is intended",
+            challenger=challenger,
+            champion=champion,
+        )
     metric, per = challenger.get("primary", "accuracy"), challenger.get("per_label", "recall")
     floor = champion[metric] - policy.tolerance
     drops = {
@@ -73,13 +68,23 @@ def decide(challenger: dict, champion: dict | None, policy: GatePolicy) -> Decis
     label = "mAP" if metric == "map" else metric
     acc = f"{label} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}"
     if challenger[metric] < floor:
-        return Decision(False, f"refused: {acc}, below the floor {floor:.4f} (tolerance {policy.tolerance})",
-                        challenger, champion, drops)  # fmt: skip
+        reason = f"refused: {acc}, below the floor {floor:.4f} (tolerance {policy.tolerance})"
+        return Decision(promote=False, reason=reason, challenger=challenger, champion=champion, recall_drops=drops)
     what = "average precision" if per == "ap" else "recall"
     if drops:
         worst = ", ".join(f"{name} -{drop * 100:.1f} pts" for name, drop in sorted(drops.items(), key=lambda d: -d[1]))
-        return Decision(False, f"refused: {what} fell by more than {policy.max_recall_drop * 100:.1f} points "
-                               f"for {worst} ({acc})", challenger, champion, drops)  # fmt: skip
+        return Decision(
+            promote=False,
+            reason=f"refused: {what} fell by more than {policy.max_recall_drop * 100:.1f} points for {worst} ({acc})",
+            challenger=challenger,
+            champion=champion,
+            recall_drops=drops,
+        )
     kind = "label's" if per == "ap" else "class's"
-    return Decision(True, f"promoted: {acc} (tolerance {policy.tolerance}); no {kind} {what} fell by more than "
-                          f"{policy.max_recall_drop * 100:.1f} points", challenger, champion)  # fmt: skip
+    return Decision(
+        promote=True,
+        reason=f"promoted: {acc} (tolerance {policy.tolerance}); no {kind} {what} fell by "
+        f"more than {policy.max_recall_drop * 100:.1f} points",
+        challenger=challenger,
+        champion=champion,
+    )

@@ -1,10 +1,10 @@
-"""Retraining: a request becomes a training config; a job trains it, gates it and maybe promotes it.
+"""The job process: ``python -m service.retraining.job JOB_ID`` (started by the local backend, or as the
+container command of a Kubernetes Job).
 
-``python -m service.retraining.job JOB_ID`` is the job process (started by the local backend, or as the
-container command of a Kubernetes Job). It runs the one ``train(config)`` of the training package,
-then evaluates challenger and champion with the same code on the champion's recorded test split,
-records the gate's decision, and promotes when it passes and the request asked for it. Workers
-watching the registry pick the new champion up.
+It runs the one ``train(config)`` of the training package, then evaluates the challenger and the champion the
+job was built against with the same code on the holdout the job recorded, records the gate's decision, and
+promotes when it passes, the request asked for it and that champion still serves. Workers watching the
+registry pick the new champion up.
 """
 
 from __future__ import annotations
@@ -18,141 +18,57 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from service.edge.schemas import RetrainRequest
-from service.errors import Forbidden, InvalidInput
+from service.errors import Conflict
 from service.retraining import gate
+from service.retraining.records import Decision, Job
 from service.retraining.registry import Registry
 from service.settings import Settings
 from training import store
-from training._env import REPO_ROOT
-from training.config import TrainConfig, deep_merge, load_config, nested
-from training.data import FASHION_MNIST
+from training.config import TrainConfig
+from training.data import read_record
 from training.evaluate import evaluate_on_record
 
 log = logging.getLogger(__name__)
-
-# Set by the service, never by a request: paths the job writes or reads outside the data roots.
-PROTECTED_KEYS = ("name", "output_dir", "save", "resume", "threads", "device", "data.source", "data.extra_train",
-                  "data.holdout", "data.fashion_mnist_dir", "data.taxonomy", "data.allowed_roots",
-                  "model.weights_file")  # fmt: skip
-# What a request may ask of the training config, request fields and overrides alike: (config key, low, high).
-BOUNDS = (("epochs", 1, 1000), ("batch_size", 1, 1024), ("model.width", 4, 256), ("model.depth", 1, 6),
-          ("model.img_size", 8, 1024), ("max_minutes", 0, 24 * 60), ("early_stop.patience", 1, 1000),
-          ("data.limit_per_class", 1, 10**7), ("top_k", 1, 100))  # fmt: skip
 
 
 class JobCancelled(Exception):
     pass
 
 
-# ---------------------------------------------------------------- request -> config
-def resolve_data(value: str, roots: list[Path]) -> str:
-    """``fashion-mnist``, or a folder/CSV inside one of ``roots`` (``..`` and symlinks resolved first)."""
-    if value == FASHION_MNIST:
-        return value
-    if not value or len(value) > 1024 or any(ord(c) < 32 for c in value):
-        raise InvalidInput("data must be 1-1024 characters with no control characters (NUL included): "
-                           "'fashion-mnist', or a folder or CSV under a data root", reason="bad_data")  # fmt: skip
-    path = Path(value)
-    path = (path if path.is_absolute() else roots[0] / path).resolve()
-    if not any(path.is_relative_to(root) for root in roots):
-        raise Forbidden(f"data {value!r} is outside the allowed data roots ({', '.join(map(str, roots))}); "
-                        "copy the dataset under one of them", reason="path_not_allowed")  # fmt: skip
-    if not path.exists():
-        raise InvalidInput(f"data {value!r} does not exist (looked at {path}); give 'fashion-mnist', a "
-                           "class-per-folder directory or a CSV manifest", reason="data_not_found")  # fmt: skip
-    return str(path)
-
-
-def _dotted(overrides: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if any(key == p or key.startswith(p + ".") for p in PROTECTED_KEYS) or key in ("data", "model"):
-            raise InvalidInput(f"override {key!r} is set by the service and cannot be changed; protected: "
-                               f"{', '.join(PROTECTED_KEYS)}", reason="protected_override")  # fmt: skip
-        out = deep_merge(out, nested(key, value))
-    return out
-
-
-def base_config(settings: Settings, champion: str | None) -> dict[str, Any]:
-    """The champion's own training config, else ``configs/<name>.yaml``, else the defaults."""
-    if champion:
-        return dict(store.get(champion).info.metadata.get("config", {}))
-    path = REPO_ROOT / "configs" / f"{settings.model_name}.yaml"
-    return load_config(path).model_dump(mode="json") if path.is_file() else {}
-
-
-def job_config(req: RetrainRequest, settings: Settings, champion: str | None) -> TrainConfig:
-    """The validated config a job will train. Raises ``InvalidInput``/``Forbidden`` for a bad request."""
-    layered = base_config(settings, champion)
-    layered = deep_merge(layered, _dotted(req.overrides))
-    data: dict[str, Any] = {"extra_train": [], "holdout": None}
-    if req.data is not None:
-        data["source"] = resolve_data(req.data, settings.allowed_roots())
-    feedback = settings.feedback_dir / settings.model_name
-    if req.include_feedback and feedback.is_dir() and any(feedback.iterdir()):
-        data["extra_train"] = [str(feedback)]
-    if champion and store.read_split(champion) is not None:
-        data["holdout"] = str(Path(store.get(champion).path) / store.SPLIT_FILE)
-    data["allowed_roots"] = [str(root) for root in settings.allowed_roots()]  # every file the job reads
-    fixed: dict[str, Any] = {"name": settings.model_name, "data": data, "save": True, "resume": False,
-                             "threads": settings.retrain_threads, "output_dir": str(settings.jobs_dir)}  # fmt: skip
-    if req.model:
-        fixed["model"] = {"name": req.model}
-    if req.epochs:
-        fixed["epochs"] = req.epochs
-    try:
-        cfg = TrainConfig.model_validate(deep_merge(layered, fixed))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"the resulting training config is invalid: {problems}", reason="bad_config") from None
-    check_bounds(cfg)
-    return cfg
-
-
-def check_bounds(cfg: TrainConfig) -> None:
-    """Refuse a job config past :data:`BOUNDS` (from a request field or an override alike)."""
-    for key, low, high in BOUNDS:
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value is not None and not low <= value <= high:
-            raise InvalidInput(f"{key}={value} is out of range for a retrain job: {low} to {high}",
-                               reason="bad_config")  # fmt: skip
-
-
 # ---------------------------------------------------------------- the gate
-def judge(registry: Registry, settings: Settings, model_name: str, challenger: str, job: dict) -> dict[str, Any]:
-    """Evaluate ``challenger`` against the champion on the same holdout; record and maybe promote."""
-    champion = registry.champion(model_name)
-    policy = gate.GatePolicy(settings.gate_tolerance, settings.gate_max_recall_drop)
-    holdout = (store.read_split(champion) if champion else None) or store.read_split(challenger)
+def judge(registry: Registry, settings: Settings, job: Job, challenger: str) -> Decision:
+    """Evaluate ``challenger`` against the champion ``job`` was built against, on the holdout ``job`` kept out
+    of its training (the first model of a name: on its own test split); record the decision, maybe promote."""
+    champion = job.champion_tag
+    holdout = read_record(Path(job.holdout)) if job.holdout else store.read_split(challenger)
     if holdout is None or not holdout.get("test"):
         raise RuntimeError(f"no holdout to judge {challenger} on: neither model recorded a test split")
+    policy = gate.GatePolicy(settings.gate_tolerance, settings.gate_max_recall_drop)
     challenger_m = gate.summary(evaluate_on_record(challenger, holdout))
     champion_m = gate.summary(evaluate_on_record(champion, holdout)) if champion else None
-    decision = gate.decide(challenger_m, champion_m, policy)
-    out = decision.to_dict() | {"holdout": f"{champion or challenger} test split ({len(holdout['test'])} images)",
-                                "champion_tag": champion, "challenger_tag": challenger, "promoted": False}  # fmt: skip
-    if not decision.promote:
-        registry.refuse(model_name, challenger, decision.reason, challenger=challenger_m, champion=champion_m,
-                        job_id=job["id"])  # fmt: skip
-    elif job["request"].get("auto_promote", True):
-        registry.promote(model_name, challenger, decision.reason, challenger=challenger_m, champion=champion_m,
-                         job_id=job["id"])  # fmt: skip
-        out["promoted"] = True
+    decision = gate.decide(challenger_m, champion_m, policy).model_copy(update={
+        "holdout": f"{champion or challenger} test split ({len(holdout['test'])} images)",
+        "champion_tag": champion, "challenger_tag": challenger})  # fmt: skip
+    recorded = dict(challenger=challenger_m, champion=champion_m, job_id=job.id)
+    if decision.promote and job.request.get("auto_promote", True):
+        try:
+            registry.promote(job.model_name, challenger, decision.reason, replacing=champion, **recorded)
+            decision.promoted = True
+        except Conflict as exc:  # the champion changed while the job trained: it was judged against another
+            decision.reason += f"; not promoted: {exc}"
+            registry.refuse(job.model_name, challenger, decision.reason, **recorded)
+    elif decision.promote:
+        decision.reason += "; auto_promote is off: promote it with POST /models/promote"
     else:
-        out["reason"] += "; auto_promote is off: promote it with POST /models/promote"
-    log.info("gate: %s", out["reason"])
-    return out
+        registry.refuse(job.model_name, challenger, decision.reason, **recorded)
+    log.info("gate: %s", decision.reason)
+    return decision
 
 
 # ---------------------------------------------------------------- the job process
-def job_train_config(job: dict[str, Any], settings: Settings) -> TrainConfig:
-    output_dir = str(settings.jobs_dir / job["id"])
-    return TrainConfig.model_validate(job["config"]).model_copy(update={"output_dir": output_dir})
+def job_train_config(job: Job, settings: Settings) -> TrainConfig:
+    output_dir = str(settings.jobs_dir / job.id)
+    return TrainConfig.model_validate(job.config).model_copy(update={"output_dir": output_dir})
 
 
 def run_helper_rank(job_id: str, registry: Registry, settings: Settings) -> str:
@@ -169,7 +85,7 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
 
     if not registry.start_job(job_id, pid=os.getpid(), host=socket.gethostname()):
         log.warning("job %s is no longer queued; nothing to do", job_id)
-        return registry.job(job_id)["status"]
+        return registry.job(job_id).status
     job = registry.job(job_id)
     cfg = job_train_config(job, settings)
 
@@ -186,7 +102,7 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
 
     try:
         result = train(cfg, on_epoch_end=on_epoch_end)
-        decision = judge(registry, settings, job["model_name"], result.tag, job)
+        decision = judge(registry, settings, job, result.tag)
         registry.finish_job(job_id, "succeeded", result_tag=result.tag, decision=decision)
         return "succeeded"
     except JobCancelled as exc:

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from service import telemetry
-from service.edge.schemas import RetrainRequest
 from service.errors import InvalidInput, NotFound, Unavailable
 from service.retraining.backends import Backend, make_backend, sweep
 from service.retraining.feedback import Feedback, save_feedback
-from service.retraining.job import job_config
+from service.retraining.records import ChampionEvent, Job, RetrainRequest
 from service.retraining.registry import Registry
+from service.retraining.requests import job_config
 from service.serving.follower import ModelFollower
 from service.settings import Settings
 from training import store
@@ -41,31 +41,32 @@ class Operations:
         self.model_name = settings.model_name
 
     # ------------------------------------------------------------ jobs
-    def start_retrain(self, req: RetrainRequest) -> dict[str, Any]:
+    def start_retrain(self, req: RetrainRequest) -> Job:
+        """A job for ``req``, built against the champion of this moment (resolved once: its config is the
+        base, its test split the holdout, and the gate judges against it)."""
         champion = self.registry.champion(self.model_name)
         cfg = job_config(req, self.settings, champion)
         job = self.registry.create_job(self.model_name, self.backend.name, req.model_dump(mode="json"),
-                                       cfg.model_dump(mode="json"))  # fmt: skip
+                                       cfg.model_dump(mode="json"), champion_tag=champion,
+                                       holdout=cfg.data.holdout)  # fmt: skip
         try:
             self.backend.submit(job)
         except Exception as exc:
-            self.registry.finish_job(job["id"], "failed", error=f"could not start: {type(exc).__name__}: {exc}")
+            self.registry.finish_job(job.id, "failed", error=f"could not start: {type(exc).__name__}: {exc}")
             raise JobStartFailed(f"could not start the training job ({self.backend.name} backend): {exc}") from exc
-        return self.registry.job(job["id"])
+        return self.registry.job(job.id)
 
-    def job(self, job_id: str, log_lines: int = 40) -> dict[str, Any]:
-        job = self.registry.job(job_id)
+    def log_tail(self, job: Job, lines: int = 40) -> list[str]:
         try:
-            job["log_tail"] = self.backend.log_tail(job, log_lines)
+            return self.backend.log_tail(job, lines)
         except Exception as exc:  # noqa: BLE001 - the log is a convenience
-            job["log_tail"] = [f"(log unavailable: {exc})"]
-        return job
+            return [f"(log unavailable: {exc})"]
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> Job:
         job = self.registry.request_cancel(job_id)
-        if job["status"] == "running":
+        if job.status == "running":
             self.backend.cancel(job)
-        return self.job(job_id)
+        return self.registry.job(job_id)
 
     def tick(self) -> None:
         """Fail jobs whose process has gone; count ended jobs in this worker's metrics."""
@@ -74,7 +75,7 @@ class Operations:
             telemetry.observe_job(job)
 
     # ------------------------------------------------------------ champion
-    def promote(self, tag: str, reason: str) -> dict[str, Any]:
+    def promote(self, tag: str, reason: str) -> ChampionEvent:
         """Serve ``tag``, resolved first to the exact stored version (an alias or other letter case is
         never recorded: workers compare the champion with the tag they serve)."""
         if tag.split(":")[0].lower() != self.model_name.lower():
@@ -97,7 +98,7 @@ class Operations:
         self.refresh()
         return event
 
-    def rollback(self, reason: str) -> dict[str, Any]:
+    def rollback(self, reason: str) -> ChampionEvent:
         event = self.registry.rollback(self.model_name, reason)
         telemetry.PROMOTIONS.labels("rollback").inc()
         self.refresh()

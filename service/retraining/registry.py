@@ -19,12 +19,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import Conflict, JobConflict, NotFound, RegistryUnavailable
 from service.retraining import db
+from service.retraining.records import ACTIVE, TERMINAL, ChampionEvent, Job
 
 log = logging.getLogger(__name__)
 RETRIES = 3
 
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
+ANY = object()  # promote(..., replacing=ANY): whatever the champion is now
 
 
 def now() -> dt.datetime:
@@ -38,6 +38,11 @@ def _plain(row: Any) -> dict[str, Any]:
         if isinstance(value, dt.datetime):
             out[key] = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
     return out
+
+
+def _json(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values with records (a gate decision, say) as their JSON."""
+    return {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in values.items()}
 
 
 def retrying(fn: Callable) -> Callable:
@@ -101,31 +106,38 @@ class Registry:
         challenger: dict | None = None,
         champion: dict | None = None,
         job_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Make ``tag`` the champion; returns the recorded event."""
+        replacing: Any = ANY,
+    ) -> ChampionEvent:
+        """Make ``tag`` the champion; returns the recorded event. With ``replacing`` (a tag, or None for "no
+        champion yet"), only if that is still the champion: a challenger judged against one champion never
+        replaces another (:class:`Conflict`, reason ``champion_changed``)."""
         with self.engine.begin() as conn:
             db.lock(conn, f"champion:{model_name}")
             current = self._champion_row(conn, model_name)
             if current is not None and current["tag"] == tag:
                 raise Conflict(f"{tag} is already the champion of {model_name}", reason="already_champion")
+            now_tag = current["tag"] if current else None
+            if replacing is not ANY and replacing != now_tag:
+                raise Conflict(f"the champion of {model_name} changed from {replacing} to {now_tag} since {tag} was "
+                               "judged; judge it again or promote it by hand", reason="champion_changed")  # fmt: skip
             return self._push(conn, model_name, tag, kind, reason, current["tag"] if current else None,
                               challenger=challenger, champion=champion, job_id=job_id)  # fmt: skip
 
     def _push(self, conn: Connection, model_name: str, tag: str, kind: str, reason: str, previous: str | None,
-              **extra: Any) -> dict[str, Any]:  # fmt: skip
+              **extra: Any) -> ChampionEvent:  # fmt: skip
         event = self._event(conn, model_name, kind, tag, previous, reason, **extra)
         conn.execute(db.champions.insert().values(model_name=model_name, tag=tag, promoted_at=now(),
-                                                  event_id=event["id"]))  # fmt: skip
+                                                  event_id=event.id))  # fmt: skip
         return event
 
     def refuse(self, model_name: str, tag: str, reason: str, *, challenger: dict, champion: dict | None,
-               job_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+               job_id: str | None = None) -> ChampionEvent:  # fmt: skip
         with self.engine.begin() as conn:
             current = self._champion_row(conn, model_name)
             return self._event(conn, model_name, "refused", tag, current["tag"] if current else None, reason,
                                challenger=challenger, champion=champion, job_id=job_id)  # fmt: skip
 
-    def rollback(self, model_name: str, reason: str) -> dict[str, Any]:
+    def rollback(self, model_name: str, reason: str) -> ChampionEvent:
         """Pop the champion: the one before it serves again. Raises :class:`Conflict` with nothing to pop."""
         with self.engine.begin() as conn:
             db.lock(conn, f"champion:{model_name}")
@@ -139,18 +151,19 @@ class Registry:
             return self._event(conn, model_name, "rollback", previous["tag"], current["tag"], reason)
 
     def _event(self, conn: Connection, model_name: str, kind: str, tag: str | None, previous: str | None,
-               reason: str, **extra: Any) -> dict[str, Any]:  # fmt: skip
+               reason: str, **extra: Any) -> ChampionEvent:  # fmt: skip
         values = dict(model_name=model_name, kind=kind, tag=tag, previous_tag=previous, reason=reason,
                       created_at=now(), **extra)  # fmt: skip
         event_id = conn.execute(db.events.insert().values(**values)).inserted_primary_key[0]
-        return _plain(conn.execute(sa.select(db.events).where(db.events.c.id == event_id)).one())
+        row = conn.execute(sa.select(db.events).where(db.events.c.id == event_id)).one()
+        return ChampionEvent.model_validate(_plain(row))
 
-    def history(self, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, model_name: str, limit: int = 100) -> list[ChampionEvent]:
         """Champion events, newest first."""
         t = db.events
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t).where(t.c.model_name == model_name).order_by(t.c.id.desc()).limit(limit))
-            return [_plain(r) for r in rows]
+            return [ChampionEvent.model_validate(_plain(r)) for r in rows]
 
     def champion_tags(self, model_name: str) -> list[str]:
         """Every tag that has been champion (and not rolled back), oldest first."""
@@ -161,14 +174,17 @@ class Registry:
             return list(rows)
 
     # ------------------------------------------------------------ jobs
-    def create_job(self, model_name: str, backend: str, request: dict, config: dict) -> dict[str, Any]:
-        """A new queued job. Raises :class:`JobConflict` while another job for ``model_name`` is active."""
+    def create_job(self, model_name: str, backend: str, request: dict, config: dict, *,
+                   champion_tag: str | None = None, holdout: str | None = None) -> Job:  # fmt: skip
+        """A new queued job, built against ``champion_tag`` with ``holdout`` kept out of its training. Raises
+        :class:`JobConflict` while another job for ``model_name`` is active."""
         job_id = uuid.uuid4().hex[:12]
         try:
             with self.engine.begin() as conn:
                 conn.execute(db.active_jobs.insert().values(model_name=model_name, job_id=job_id))
                 conn.execute(db.jobs.insert().values(id=job_id, model_name=model_name, status="queued",
                                                      backend=backend, request=request, config=config,
+                                                     champion_tag=champion_tag, holdout=holdout,
                                                      created_at=now(), cancel_requested=False,
                                                      observed=False))  # fmt: skip
         except sa.exc.IntegrityError:
@@ -179,14 +195,14 @@ class Registry:
                               f"it (POST /jobs/{running}/cancel)", job_id=running or "") from None  # fmt: skip
         return self.job(job_id)
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> Job:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.jobs).where(db.jobs.c.id == job_id)).first()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
-        return _plain(row)
+        return Job.model_validate(_plain(row))
 
-    def jobs(self, model_name: str | None = None, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def jobs(self, model_name: str | None = None, status: str | None = None, limit: int = 50) -> list[Job]:
         t = db.jobs
         query = sa.select(t).order_by(t.c.created_at.desc()).limit(limit)
         if model_name:
@@ -194,11 +210,11 @@ class Registry:
         if status:
             query = query.where(t.c.status == status)
         with self.engine.connect() as conn:
-            return [_plain(r) for r in conn.execute(query)]
+            return [Job.model_validate(_plain(r)) for r in conn.execute(query)]
 
     def update_job(self, job_id: str, **values: Any) -> None:
         with self.engine.begin() as conn:
-            conn.execute(db.jobs.update().where(db.jobs.c.id == job_id).values(**values))
+            conn.execute(db.jobs.update().where(db.jobs.c.id == job_id).values(**_json(values)))
 
     def start_job(self, job_id: str, **values: Any) -> bool:
         """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
@@ -225,20 +241,20 @@ class Registry:
         t = db.jobs
         with self.engine.begin() as conn:
             done = conn.execute(t.update().where(t.c.id == job_id, t.c.status.in_(ACTIVE))
-                                .values(status=status, finished_at=now(), **values)).rowcount == 1  # fmt: skip
+                                .values(status=status, finished_at=now(), **_json(values))).rowcount == 1  # fmt: skip
             conn.execute(db.active_jobs.delete().where(db.active_jobs.c.job_id == job_id))
             return done
 
-    def request_cancel(self, job_id: str) -> dict[str, Any]:
+    def request_cancel(self, job_id: str) -> Job:
         job = self.job(job_id)
-        if job["status"] not in ACTIVE:
-            raise Conflict(f"job {job_id} has already ended ({job['status']})", reason="job_ended")
+        if not job.active:
+            raise Conflict(f"job {job_id} has already ended ({job.status})", reason="job_ended")
         self.update_job(job_id, cancel_requested=True)
-        if job["status"] == "queued":
+        if job.status == "queued":
             self.finish_job(job_id, "cancelled", error="cancelled before it started")
         return self.job(job_id)
 
-    def claim_unobserved(self) -> list[dict[str, Any]]:
+    def claim_unobserved(self) -> list[Job]:
         """Ended jobs no worker has counted in its metrics yet; each is handed to exactly one caller."""
         t = db.jobs
         claimed = []
@@ -248,7 +264,7 @@ class Registry:
                 won = conn.execute(t.update().where(t.c.id == job_id, t.c.observed.is_(False))
                                    .values(observed=True)).rowcount == 1  # fmt: skip
                 if won:
-                    claimed.append(_plain(conn.execute(sa.select(t).where(t.c.id == job_id)).one()))
+                    claimed.append(Job.model_validate(_plain(conn.execute(sa.select(t).where(t.c.id == job_id)).one())))
         return claimed
 
     # ------------------------------------------------------------ feedback
