@@ -21,7 +21,7 @@ configure_environment()
 
 import bentoml
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from service import telemetry
 from service.edge import connections, route_labels
@@ -60,10 +60,11 @@ app = create_app(settings, lambda: _worker().path, _ops, IN_FLIGHT)
 route_labels.install(route_labels.route_labeller(app.routes, fixed=("/livez", "/readyz", "/metrics")))
 
 
-async def _answer(route: str, call: Awaitable) -> object:
-    """An API method's result, or its error in the HTTP routes' status and ``{"error", "reason"}`` body."""
+async def _answer(route: str, call: Awaitable[BaseModel]) -> JSONResponse:
+    """An API method's answer (fields without a value left out, as BentoML's clients expect), or its error in
+    the HTTP routes' status and ``{"error", "reason"}`` body."""
     try:
-        return await call
+        return JSONResponse((await call).model_dump(mode="json", exclude_none=True))
     except ServiceError as exc:
         telemetry.REJECTED.labels(route, exc.reason).inc()
         return JSONResponse(error_body(exc), status_code=int(http_status(exc)))

@@ -24,7 +24,7 @@ def test_candidates_follow_the_config_and_the_processor():
 def test_a_single_candidate_is_taken_as_configured_without_measuring():
     choice = autotune.choose("fp32", False, CPU, tiny(), (1, 12, 12), 3, 8)
     assert (choice.precision, choice.channels_last, choice.measured, choice.rates) == ("fp32", False, False, {})
-    assert choice.runtime(CPU).amp_dtype is None
+    assert choice.execution(CPU).amp_dtype is None
 
 
 def test_auto_measures_every_candidate_and_keeps_the_fastest():

@@ -6,7 +6,7 @@ from conftest import colour_image, make_folder_dataset
 from PIL import Image
 
 from training.config import DataConfig
-from training.data import FASHION_MNIST_CLASSES, find_fashion_mnist, load_splits, make_loader
+from training.data import FASHION_MNIST_CLASSES, find_fashion_mnist, key_loader, load_splits
 from training.data.splits import DatasetError, Sample, stratified_split
 
 
@@ -145,9 +145,9 @@ def test_fashion_mnist_from_the_debian_package():
     assert splits.classes == FASHION_MNIST_CLASSES
     assert (len(splits.train), len(splits.val), len(splits.test)) == (54000, 6000, 10000)
     assert set(splits.counts()["val"].values()) == {600}
-    img = make_loader(splits, 1)(splits.test[0].key)
+    img = key_loader(splits.source, 1)(splits.test[0].key)
     assert img.size == (28, 28) and img.mode == "L"
-    assert make_loader(splits, 3)(splits.test[0].key).mode == "RGB"
+    assert key_loader(splits.source, 3)(splits.test[0].key).mode == "RGB"
 
 
 def test_missing_fashion_mnist_dir_says_how_to_install(tmp_path):

@@ -2,7 +2,7 @@ import torch
 from conftest import make_folder_dataset
 
 from training.config import AugmentConfig, DataConfig
-from training.data import load_splits, make_loader
+from training.data import key_loader, load_splits
 from training.fastpath import TensorBatchLoader, decode_all, pad_crop, random_erase, supports
 from training.transforms import Preprocessing, build_eval_transform, resolve_augment
 
@@ -20,7 +20,7 @@ def test_supports_only_batchable_augmentations():
 def test_eval_batches_equal_the_eval_transform(tmp_path):
     root = make_folder_dataset(tmp_path / "d", per_class=4, size=40)
     splits = load_splits(DataConfig(source=str(root)))
-    load = make_loader(splits, 3)
+    load = key_loader(splits.source, 3)
     samples = splits.train
     images = decode_all(samples, load, PP)
     loader = TensorBatchLoader(images, torch.tensor([s.label for s in samples]), PP, 4, train=False)

@@ -126,3 +126,45 @@ def test_bentoml_build_works_offline(tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "imgclf:" in proc.stdout
+
+
+def _same_answer(got: dict, http: dict) -> None:
+    """The same model, task and predictions (scores to float noise: batches may differ in size)."""
+    assert (got["model"], got["task"]) == (http["model"], http["task"])
+    pairs = [[(p["label"], p["index"]) for p in r["predictions"]] for r in got.get("results", [got])]
+    assert pairs == [[(p["label"], p["index"]) for p in r["predictions"]] for r in http.get("results", [http])]
+    for a, b in zip(got.get("results", [got]), http.get("results", [http]), strict=True):
+        np.testing.assert_allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
+                                   atol=1e-4)  # fmt: skip
+
+
+def test_bentoml_clients_call_the_api_methods_with_the_routes_answers_and_errors(server, tmp_path):
+    import asyncio
+
+    import bentoml
+
+    red, blue, bad = tmp_path / "red.png", tmp_path / "blue.png", tmp_path / "bad.png"
+    red.write_bytes(encode(colour_image(COLOURS["red"], 40, seed=3)))
+    blue.write_bytes(encode(colour_image(COLOURS["blue"], 40, seed=4)))
+    bad.write_bytes(b"this is not an image")
+    http_one = httpx.post(server + "/classify", files={"image": ("red.png", red.read_bytes(), "image/png")},
+                          params={"top_k": 2}).json()  # fmt: skip
+    files = [("images", (p.name, p.read_bytes(), "image/png")) for p in (red, blue)]
+    http_batch = httpx.post(server + "/classify_batch", files=files).json()
+    http_bad = httpx.post(server + "/classify", files={"image": ("bad.png", bad.read_bytes(), "image/png")})
+    with bentoml.SyncHTTPClient(server) as client:
+        assert {"classify", "classify_batch", "model_info"} <= set(client.endpoints)
+        _same_answer(client.classify(image=red, top_k=2), http_one)
+        _same_answer(client.classify_batch(images=[red, blue]), http_batch)
+        info = client.model_info()
+        assert (info["tag"], info["classes"]) == (http_one["model"], ["blue", "green", "red"])
+        with pytest.raises(bentoml.exceptions.BentoMLException) as err:
+            client.classify(image=bad)
+    assert int(err.value.error_code) == http_bad.status_code == 415
+    assert http_bad.json()["error"] in str(err.value)
+
+    async def with_the_async_client() -> dict:
+        async with bentoml.AsyncHTTPClient(server) as client:
+            return await client.classify(image=red, top_k=2)
+
+    _same_answer(asyncio.run(with_the_async_client()), http_one)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine import Runtime
+from .engine import Execution
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ class PrecisionChoice:
     rates: dict[str, float] = field(default_factory=dict)
     cpu: str = ""
 
-    def runtime(self, device: torch.device) -> Runtime:
-        return Runtime(device=device, amp_dtype=DTYPES[self.precision], channels_last=self.channels_last)
+    def execution(self, device: torch.device) -> Execution:
+        return Execution(device=device, amp_dtype=DTYPES[self.precision], channels_last=self.channels_last)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +79,7 @@ def candidates(precision: str, channels_last: bool | str, device: torch.device) 
     return [(p, cl) for p in precisions for cl in layouts]
 
 
-def step_rate(model: nn.Module, rt: Runtime, shape: tuple[int, ...], num_classes: int, steps: int = 3) -> float:
+def step_rate(model: nn.Module, rt: Execution, shape: tuple[int, ...], num_classes: int, steps: int = 3) -> float:
     """Training img/s of a copy of ``model`` on random data: one warm-up step, then ``steps`` timed ones."""
     trial = copy.deepcopy(model).to(rt.device)
     if rt.channels_last:
@@ -129,7 +129,7 @@ def choose(
     shape = (min(batch_size, 64), *input_shape)
     rates = {}
     for p, cl in options:
-        rates[f"{p}{'+cl' if cl else ''}"] = step_rate(model, Runtime(device, DTYPES[p], cl), shape, num_classes)
+        rates[f"{p}{'+cl' if cl else ''}"] = step_rate(model, Execution(device, DTYPES[p], cl), shape, num_classes)
     best = max(rates, key=rates.get)
     p, _, cl = best.partition("+")
     choice = PrecisionChoice(p, bool(cl), measured=True, rates={k: round(v, 1) for k, v in rates.items()}, cpu=cpu)

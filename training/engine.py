@@ -18,7 +18,7 @@ from .models import train_mode
 
 
 @dataclass
-class Runtime:
+class Execution:
     """Where and how tensors run: device, autocast dtype (None = fp32), memory format."""
 
     device: torch.device
@@ -57,7 +57,7 @@ def train_one_epoch(
     loader: torch.utils.data.DataLoader,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    rt: Runtime,
+    rt: Execution,
     *,
     scaler: torch.amp.GradScaler | None = None,
     mixup: Callable | None = None,
@@ -117,7 +117,7 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: torch.utils.data.DataLoader, rt: Runtime, desc: str = "eval", progress: bool = True
+    model: nn.Module, loader: torch.utils.data.DataLoader, rt: Execution, desc: str = "eval", progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` over ``loader``: (logits as float32 (N, C), targets (N,))."""
     model.eval()

@@ -12,7 +12,7 @@ from .config import DataConfig
 from .data import KeyLoader, key_loader, load_splits, recorded_samples
 from .data.splits import DatasetError, Sample
 from .datasets import ImageDataset, make_loader
-from .engine import Runtime, predict
+from .engine import Execution, predict
 from .metrics import pr_curves
 from .store import StoredModel, load_model
 from .tasks import TaskSpec
@@ -32,7 +32,7 @@ def _recorded_samples(stored: StoredModel, split: str) -> tuple[list[Sample], Ke
 def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader, batch_size: int = 256):
     """(scores, targets) of ``stored`` on ``samples`` with its own eval transform (multi-label: multi-hot targets)."""
     spec = TaskSpec.from_metadata(stored.metadata)
-    rt = Runtime(torch.device("cpu"), channels_last=True)
+    rt = Execution(torch.device("cpu"), channels_last=True)
     stored.model.to(memory_format=torch.channels_last)
     num_labels = len(stored.classes) if spec.multilabel else None
     dataset = ImageDataset(samples, load, build_eval_transform(stored.preprocessing), num_labels)

@@ -24,11 +24,10 @@ from .data.splits import DataSplits
 from .datasets import build_loaders, class_weights, set_epoch
 from .distributed import DistInfo, broadcast, cleanup, init_distributed
 from .early_stopping import EarlyStopping
-from .engine import Runtime, predict, train_one_epoch, validation_metrics, weighted_soft_cross_entropy
+from .engine import Execution, predict, train_one_epoch, validation_metrics, weighted_soft_cross_entropy
 from .metrics import pr_curves, tune_thresholds
 from .models import build_model, model_kwargs, set_backbone_trainable
-from .schedule import RunSummary, epochs_that_fit
-from .setup import (
+from .prepare import (
     EmaStepper,
     StepCounter,
     build_optimizer,
@@ -38,6 +37,7 @@ from .setup import (
     seed_everything,
     select_device,
 )
+from .schedule import RunSummary, epochs_that_fit
 from .tasks import MULTILABEL, TaskSpec, multilabel_loss
 from .taxonomy import Taxonomy
 from .transforms import Preprocessing, resolve_augment
@@ -97,7 +97,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     num_classes = len(splits.classes)
     multilabel = splits.task == MULTILABEL
     channels = infer_channels(cfg, splits)
-    load = data_sources.make_loader(splits, channels)
+    load = data_sources.key_loader(splits.source, channels)
 
     m = cfg.model
     kwargs = model_kwargs(m.name, num_classes, channels, m.width, m.depth, m.drop_rate, m.drop_path_rate,
@@ -109,7 +109,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
         choice = autotune.choose(cfg.precision, cfg.channels_last, device, model,
                                  (channels, pp.input_size, pp.input_size), num_classes, cfg.batch_size)  # fmt: skip
     choice = broadcast(choice, info)
-    rt = choice.runtime(device)
+    rt = choice.execution(device)
     seed_everything(cfg.seed + info.rank)  # the measurement drew random numbers: start the run from the seed
     model.to(rt.device)
     if rt.channels_last:
@@ -253,7 +253,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
 
 def _evaluate_and_save(
     cfg: TrainConfig, final: nn.Module, splits: DataSplits, summary: dict, load: Callable, pp: Preprocessing,
-    kwargs: dict, rt: Runtime, info: DistInfo, loaders: tuple, history: list[dict], best_epoch: int,
+    kwargs: dict, rt: Execution, info: DistInfo, loaders: tuple, history: list[dict], best_epoch: int,
     run: RunSummary,
 ) -> TrainResult:  # fmt: skip
     """Test-split metrics, the report with its pictures, and the store entry (rank 0 only)."""

@@ -19,13 +19,12 @@ from service.edge.schemas import (
     JobInfo,
     ModelsResponse,
     PromoteRequest,
-    RetrainRequest,
     RollbackRequest,
     error_responses,
 )
 from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.retraining.operations import Operations
-from service.retraining.records import ChampionEvent, Job
+from service.retraining.records import ChampionEvent, Job, RetrainRequest
 
 ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
                                HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip

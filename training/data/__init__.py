@@ -7,11 +7,11 @@ from .fashion_mnist import FASHION_MNIST, FASHION_MNIST_CLASSES, fashion_mnist_a
 from .files import allowed_roots
 from .folder import read_folder
 from .manifest import read_manifest
-from .recorded import KeyLoader, key_loader, make_loader, read_record, recorded_samples
+from .recorded import KeyLoader, key_loader, read_record, recorded_samples
 from .splits import DatasetError, DataSplits, Sample, Skipped
 
 __all__ = [
     "FASHION_MNIST", "FASHION_MNIST_CLASSES", "DataSplits", "DatasetError", "KeyLoader", "Sample", "Skipped",
     "add_extra_train", "allowed_roots", "apply_holdout", "fashion_mnist_arrays", "find_fashion_mnist", "load_splits",
-    "key_loader", "make_loader", "read_folder", "read_record", "recorded_samples", "read_manifest", "set_taxonomy",
+    "key_loader", "read_folder", "read_record", "recorded_samples", "read_manifest", "set_taxonomy",
 ]  # fmt: skip

@@ -5,7 +5,6 @@ labels, classes, what was skipped and why). Reading pixels is :mod:`training.dat
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from urllib.parse import unquote
@@ -13,8 +12,7 @@ from urllib.parse import unquote
 from ..config import DataConfig
 from ..taxonomy import Taxonomy, TaxonomyError
 from .fashion_mnist import FASHION_MNIST, load_fashion_mnist
-from .files import allowed_roots, check_all
-from .files import unsupported
+from .files import allowed_roots, check_all, unsupported
 from .folder import class_dirs, images_under, read_folder
 from .manifest import read_manifest
 from .recorded import read_record
@@ -125,4 +123,3 @@ def apply_holdout(splits: DataSplits, split_file: Path) -> DataSplits:
     splits.test = held
     splits.split_origin += "+holdout"
     return splits
-

@@ -12,7 +12,6 @@ import numpy as np
 from ..config import DataConfig
 from .splits import DatasetError, DataSplits, Sample, stratified_split
 
-
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = [
@@ -64,4 +63,3 @@ def load_fashion_mnist(cfg: DataConfig) -> DataSplits:
     splits = DataSplits(f"{FASHION_MNIST}:{directory}", list(FASHION_MNIST_CLASSES), train, val, samples["test"])
     splits.split_origin = "given+generated"
     return splits
-

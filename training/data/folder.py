@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..imaging import IMAGE_EXTENSIONS
 from .files import allowed_roots, check_all, unsupported
-from .splits import SPLIT_DIRS, DatasetError, DataSplits, Skipped, fill_missing_splits, split_generated
+from .splits import SPLIT_DIRS, DatasetError, DataSplits, Sample, Skipped, fill_missing_splits, split_generated
 
 log = logging.getLogger(__name__)
 
@@ -98,4 +98,3 @@ def read_folder(root: Path, cfg: DataConfig) -> DataSplits:
         return fill_missing_splits(splits, cfg)
     samples, skipped = collect(root)
     return split_generated(DataSplits(str(root), class_names, samples, [], [], unknown + skipped, "generated"), cfg)
-

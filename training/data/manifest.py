@@ -9,7 +9,15 @@ from pathlib import Path
 from ..config import DataConfig
 from ..imaging import IMAGE_EXTENSIONS
 from .files import allowed_roots, check_all, unsupported
-from .splits import SPLIT_DIRS, DatasetError, DataSplits, Sample, Skipped, fill_missing_splits, multi_label_samples, split_generated
+from .splits import (
+    SPLIT_DIRS,
+    DatasetError,
+    DataSplits,
+    Skipped,
+    fill_missing_splits,
+    multi_label_samples,
+    split_generated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,4 +125,3 @@ def read_manifest(csv_path: Path, cfg: DataConfig) -> DataSplits:
     splits.train = samples
     splits.split_origin = "generated"
     return split_generated(splits, cfg)
-

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..imaging import decode_image
 from .fashion_mnist import FASHION_MNIST, fashion_mnist_arrays, find_fashion_mnist
-from .splits import DatasetError, DataSplits, Sample, sample_from_record
+from .splits import DatasetError, Sample, sample_from_record
 
 
 class KeyLoader:
@@ -37,10 +37,6 @@ class KeyLoader:
 def key_loader(source: str, channels: int) -> KeyLoader:
     """The loader for keys of a dataset read from ``source`` (``fashion-mnist:<dir>`` names its folder)."""
     return KeyLoader(channels, source.split(":", 1)[1] if source.startswith(FASHION_MNIST + ":") else None)
-
-
-def make_loader(splits: DataSplits, channels: int) -> KeyLoader:
-    return key_loader(splits.source, channels)
 
 
 def read_record(path: Path) -> dict[str, Any]:

@@ -214,4 +214,3 @@ def fill_missing_splits(splits: DataSplits, cfg: DataConfig) -> DataSplits:
     splits.test = splits.test or test
     splits.split_origin = "given+generated"
     return splits
-
