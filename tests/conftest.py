@@ -176,3 +176,11 @@ def make_tree_dataset(root: Path, per_leaf: int = 10, size: int = 32, seed: int 
                 colour_image(rgb, size, seed=seed + n).save(root / family / leaf / f"{i:03d}.png")
                 n += 1
     return root
+
+
+def queued_job(job_id: str):
+    """A job record as the registry returns a new one (for backends that only read it)."""
+    from service.retraining.records import Job
+
+    return Job(id=job_id, model_name="m", status="queued", backend="kubernetes", request={}, config={},
+               created_at="2026-01-01T00:00:00+00:00")  # fmt: skip

@@ -7,21 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import queued_job
+
 from service.retraining.backends import KubernetesBackend, LocalBackend, describe_exit, proc_state, sweep
-from service.retraining.records import Job
 from service.retraining.registry import Registry
 from service.settings import Settings
-
-
-def queued(job_id: str) -> Job:
-    return Job(id=job_id, model_name="m", status="queued", backend="kubernetes", request={}, config={},
-               created_at="2026-01-01T00:00:00+00:00")  # fmt: skip
 
 
 def test_kubernetes_manifest_is_the_template_with_the_job_filled_in(tmp_path):
     settings = Settings(model_name="m")
     backend = KubernetesBackend(settings, registry=None, api=object())
-    body = backend.manifest(queued("abc123"))
+    body = backend.manifest(queued_job("abc123"))
     assert body["apiVersion"] == "batch/v1" and body["kind"] == "Job"
     assert body["metadata"]["name"] == "imgclf-retrain-abc123"
     assert body["metadata"]["labels"]["imgclf/job-id"] == "abc123"
@@ -31,7 +27,7 @@ def test_kubernetes_manifest_is_the_template_with_the_job_filled_in(tmp_path):
     assert container["command"] == ["python", "-m", "service.retraining.job"] and container["args"] == ["abc123"]
     assert {"name": "IMGCLF_JOB_ID", "value": "abc123"} in container["env"]
     assert pod["spec"]["restartPolicy"] == "Never" and body["spec"]["backoffLimit"] == 0
-    assert backend.manifest(queued("other"))["spec"]["template"]["spec"]["containers"][0]["args"] == ["other"]
+    assert backend.manifest(queued_job("other"))["spec"]["template"]["spec"]["containers"][0]["args"] == ["other"]
 
 
 def test_sweep_fails_jobs_whose_process_is_gone(tmp_path):

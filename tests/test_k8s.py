@@ -10,6 +10,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import queued_job
 
 from service.retraining.backends import KubernetesBackend
 from service.settings import Settings
@@ -99,7 +100,7 @@ def test_gpu_overlay_asks_for_gpus():
 @pytest.mark.parametrize("template", [K8S / "base" / "retrain-job.yaml", K8S / "overlays" / "gpu" / "retrain-job.yaml"])
 def test_training_jobs_the_service_creates_validate(template):
     backend = KubernetesBackend(Settings(k8s_job_template=template), registry=None, api=object())
-    validate(backend.manifest({"id": "0123abcd"}))
+    validate(backend.manifest(queued_job("0123abcd")))
 
 
 def test_alert_rules_and_scrape_config_pass_promtool(tmp_path):

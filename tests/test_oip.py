@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from harness.server import Server
 from service.errors import InvalidInput
-from service.protocols import oip
+from service.protocols import wire
 from service.protocols.v2_http import HEADER, parse_request
 from training.imaging import decode_image
 from training.store import load_model
@@ -29,20 +29,20 @@ from training.transforms import EvalPreprocessor
 # ---------------------------------------------------------------- wire encodings (no server)
 def test_bytes_tensor_round_trip_and_malformed_input():
     items = [b"", b"abc", bytes(range(256))]
-    assert oip.decode_bytes(oip.encode_bytes(items)) == items
+    assert wire.decode_bytes(wire.encode_bytes(items)) == items
     with pytest.raises(InvalidInput, match="truncated"):
-        oip.decode_bytes(b"\x01\x00")
+        wire.decode_bytes(b"\x01\x00")
     with pytest.raises(InvalidInput, match="past the end"):
-        oip.decode_bytes(struct.pack("<I", 10) + b"abc")
+        wire.decode_bytes(struct.pack("<I", 10) + b"abc")
 
 
 def test_numeric_tensors_need_the_right_size_and_type():
     x = np.arange(6, dtype="<f4")
-    assert oip.decode_numeric(x.tobytes(), "FP32", [2, 3]).shape == (2, 3)
+    assert wire.decode_numeric(x.tobytes(), "FP32", [2, 3]).shape == (2, 3)
     with pytest.raises(InvalidInput, match="needs 24 bytes"):
-        oip.decode_numeric(x.tobytes()[:-4], "FP32", [2, 3])
+        wire.decode_numeric(x.tobytes()[:-4], "FP32", [2, 3])
     with pytest.raises(InvalidInput, match="INT8 is not accepted"):
-        oip.decode_numeric(b"\x00", "INT8", [1])
+        wire.decode_numeric(b"\x00", "INT8", [1])
 
 
 def test_http_request_parsing_json_and_binary():
@@ -51,7 +51,7 @@ def test_http_request_parsing_json_and_binary():
     req = parse_request("m", "", httpx.Request("POST", "/", json=doc).read(), None)
     assert req.inputs[0].data == [b"hello"] and req.outputs[0].classification == 3 and not req.outputs[0].binary
     head = b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 9}}]}'
-    req = parse_request("m", "", head + oip.encode_bytes([b"hello"]), str(len(head)))
+    req = parse_request("m", "", head + wire.encode_bytes([b"hello"]), str(len(head)))
     assert req.inputs[0].data == [b"hello"]
     cases = [(b"{", None, "not valid JSON"), (b"[]", None, "'inputs' list"),
              (head, str(len(head) + 5), "does not fit"), (head, str(len(head)), "runs past")]  # fmt: skip
@@ -298,4 +298,4 @@ def test_deeply_nested_json_and_bad_tensors_are_invalid_input_not_errors():
         parse_request("m", "", httpx.Request("POST", "/", json=ragged).read(), None)
     for shape in ([-1, -1], [2**31], [1] * 9):  # gRPC FP32 shapes arrive as plain integers
         with pytest.raises(InvalidInput, match="non-negative integers"):
-            oip.decode_numeric(b"", "FP32", shape)
+            wire.decode_numeric(b"", "FP32", shape)

@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from service import errors, telemetry
 from service.errors import NotReady, ServiceError
-from service.protocols import oip
+from service.protocols import oip, wire
 from service.serving import ClassifyPath
 from service.settings import Settings
 
@@ -149,16 +149,16 @@ def from_proto(request: pb.ModelInferRequest, admit: Callable[[int], None] | Non
         raise oip.InvalidInput("raw_input_contents must hold one entry per input", reason="bad_tensor")
     inputs = []
     for i, t in enumerate(request.inputs):
-        shape = oip.check_shape(list(t.shape))
+        shape = wire.check_shape(list(t.shape))
         if admit is not None and t.datatype != "BYTES" and shape:
             admit(shape[0])
         if t.datatype == "BYTES":
-            data = oip.decode_bytes(raw[i]) if raw else list(t.contents.bytes_contents)
+            data = wire.decode_bytes(raw[i]) if raw else list(t.contents.bytes_contents)
         elif raw:
-            data = oip.decode_numeric(raw[i], t.datatype, shape)
+            data = wire.decode_numeric(raw[i], t.datatype, shape)
         else:
             values = np.asarray(t.contents.fp32_contents, dtype=np.float32)
-            data = oip.decode_numeric(values.tobytes(), t.datatype, shape)
+            data = wire.decode_numeric(values.tobytes(), t.datatype, shape)
         inputs.append(oip.Tensor(t.name, t.datatype, shape, data))
     outputs = [oip.RequestedOutput(o.name, int(o.parameters["classification"].int64_param)
                                    if "classification" in o.parameters else 0) for o in request.outputs]  # fmt: skip
@@ -169,7 +169,7 @@ def to_proto(resp: oip.InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     for t in resp.outputs:
         out.outputs.append(pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=t.shape))
-        out.raw_output_contents.append(oip.tensor_bytes(t))
+        out.raw_output_contents.append(wire.tensor_bytes(t))
     return out
 
 

@@ -19,7 +19,6 @@ call :func:`infer`, which goes through the same batcher as ``/classify``.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,6 @@ LEVEL_OUTPUT = "level_{}"
 SERVER_NAME = "imgclf"
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository"]
 ENDPOINT = "/v2/infer"  # the metrics label for images arriving through the protocol
-DTYPES = {"FP32": np.dtype("<f4")}
 
 
 @dataclass
@@ -200,57 +198,3 @@ def _output(clf: Classifier, probs: np.ndarray, requested: RequestedOutput) -> T
     order = np.argsort(-values, axis=1)[:, :k]
     rows = [[f"{values[n, i]:f}:{i}:{cols[i]}".encode() for i in order[n]] for n in range(len(values))]
     return Tensor(name, "BYTES", [len(values), k], [item for row in rows for item in row])
-
-
-# ---------------------------------------------------------------- wire encodings shared by gRPC and HTTP
-def decode_bytes(raw: bytes) -> list[bytes]:
-    """The protocol's raw BYTES encoding: each element a little-endian uint32 length, then the bytes."""
-    items, offset = [], 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput("malformed BYTES tensor: truncated length prefix", reason="bad_tensor")
-        (n,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + n > len(raw):
-            raise InvalidInput("malformed BYTES tensor: an element runs past the end", reason="bad_tensor")
-        items.append(raw[offset : offset + n])
-        offset += n
-    return items
-
-
-def encode_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in items)
-
-
-MAX_DIMS = 8
-
-
-def check_shape(shape: Any) -> list[int]:
-    """A tensor shape: a list of at most ``MAX_DIMS`` non-negative integers (``InvalidInput`` otherwise)."""
-    if (
-        not isinstance(shape, list | tuple)
-        or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
-    ):
-        raise InvalidInput(f"a tensor shape must be a list of at most {MAX_DIMS} non-negative integers, got "
-                           f"{str(shape)[:80]}", reason="bad_shape")  # fmt: skip
-    return list(shape)
-
-
-def decode_numeric(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
-    dtype = DTYPES.get(datatype)
-    if dtype is None:
-        raise InvalidInput(f"datatype {datatype} is not accepted here; use FP32 or BYTES", reason="bad_datatype")
-    shape = check_shape(shape)
-    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if len(raw) != needed:
-        raise InvalidInput(f"{datatype} tensor of shape {shape} needs {needed} bytes, "
-                           f"got {len(raw)}", reason="bad_shape")  # fmt: skip
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)  # sizes agree: the reshape cannot fail
-
-
-def tensor_bytes(t: Tensor) -> bytes:
-    """A response tensor in the raw encoding."""
-    if t.datatype == "BYTES":
-        return encode_bytes(t.data)
-    return np.ascontiguousarray(t.data, bool if t.datatype == "BOOL" else "<f4").tobytes()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from service.edge.parsing import read_body
 from service.errors import InvalidInput, NotReady
-from service.protocols import oip
+from service.protocols import oip, wire
 from service.serving import ClassifyPath
 from service.settings import Settings
 
@@ -39,7 +39,7 @@ class InputParameters(_Loose):
 class InputJSON(_Loose):
     name: str = Field(..., max_length=64)
     datatype: str = Field(..., max_length=16)
-    shape: list[Annotated[StrictInt, Field(ge=0, lt=2**31)]] = Field(..., max_length=oip.MAX_DIMS)
+    shape: list[Annotated[StrictInt, Field(ge=0, lt=2**31)]] = Field(..., max_length=wire.MAX_DIMS)
     parameters: InputParameters = InputParameters()
     data: list[Any] = Field(default_factory=list)
 
@@ -159,7 +159,7 @@ def parse_request(name: str, version: str, body: bytes, header_length: str | Non
             raw, offset = binary[offset : offset + n], offset + n
             if len(raw) != n:
                 raise InvalidInput(f"input {item.name!r}: binary data runs past the body", reason="bad_tensor")
-            data = oip.decode_bytes(raw) if item.datatype == "BYTES" else oip.decode_numeric(raw, item.datatype,
+            data = wire.decode_bytes(raw) if item.datatype == "BYTES" else wire.decode_numeric(raw, item.datatype,
                                                                                              item.shape)  # fmt: skip
         else:
             data = _json_data(item)
@@ -187,7 +187,7 @@ def _json_data(item: InputJSON) -> Any:
             raise InvalidInput(f"input {item.name!r}: BYTES elements must be base64 strings in JSON (or send "
                                "binary tensor data)", reason="bad_base64") from None  # fmt: skip
     try:
-        return oip.decode_numeric(np.asarray(values, dtype="<f4").tobytes(), item.datatype, shape)
+        return wire.decode_numeric(np.asarray(values, dtype="<f4").tobytes(), item.datatype, shape)
     except (ValueError, TypeError):
         raise InvalidInput(f"input {item.name!r}: data must be numbers", reason="bad_tensor") from None
 
@@ -198,7 +198,7 @@ def encode_response(resp: oip.InferResponse, req: oip.InferRequest) -> Response:
     for t in resp.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         if binary_wanted.get(t.name):
-            blob = oip.tensor_bytes(t)
+            blob = wire.tensor_bytes(t)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
