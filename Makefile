@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-test run train serve build test test-fast lint bench bench-train bench-serve import-weights lite0-model clean loadtest sweep soak model perf-report train-tree train-mosaic
+.PHONY: setup setup-test run train serve build test test-fast lint bench bench-train bench-serve import-weights lite0-model clean loadtest sweep soak model perf-report train-tree train-mosaic tensorboard
 
 # Set-up, split by purpose (each step idempotent):
 #   setup       what running needs: the virtualenv with the runtime dependencies, and Fashion-MNIST
@@ -95,6 +95,10 @@ train-tree: setup
 train-mosaic: setup
 	$(PY) -m training make-mosaic --out data/fashion-mosaic
 	$(PY) -m training train --config configs/fashion-mosaic.yaml
+
+# Every run's TensorBoard events (training, search trials, retrain jobs) under runs/.
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1
 
 build: setup-test
 	$(VENV)/bin/bentoml build

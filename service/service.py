@@ -34,6 +34,7 @@ from service.edge.schemas import ClassifyBatchResponse, ClassifyResponse, ModelI
 from service.errors import ServiceError
 from service.inference.answers import ClassifyQuery
 from service.protocols.grpc_server import GrpcServer
+from service.retraining.mirror import MlflowMirror
 from service.retraining.operations import Operations
 from service.retraining.registry import Registry
 from service.serving import Worker, build_worker
@@ -91,6 +92,9 @@ class ImageClassifier:
         self.ops = Operations(settings, registry, self.worker.follower, refresh=self.worker.periodic.wake)
         self.worker.follower.load()
         self.worker.periodic.tasks += [self.ops.tick, telemetry.observe_process]
+        if settings.mlflow_tracking_uri:  # the loop's decisions, mirrored where the team looks
+            mirror = MlflowMirror(settings.mlflow_tracking_uri, registry, settings.model_name)
+            self.worker.periodic.tasks.append(mirror.flush)
         self.worker.periodic.start()
         self.grpc = GrpcServer(self.worker.path, settings) if settings.grpc_port else None
 

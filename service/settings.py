@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     gate_max_recall_drop: float = Field(
         0.05, ge=0, le=1, description="Largest allowed per-class recall drop (multi-label: per-label AP drop)."
     )
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices("IMGCLF_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow server: retrain jobs log their runs there, and the loop's decisions are mirrored as "
+        "model-version aliases and tags (none: off). The registry stays the source of truth.",
+    )  # fmt: skip
     k8s_namespace: str = Field("default", description="Namespace of training Jobs (kubernetes backend).")
     k8s_job_template: Path = Field(REPO_ROOT / "k8s" / "base" / "retrain-job.yaml", description="Job template.")
 

@@ -17,9 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import LEARNED, TOY, TOY_GATE, make_folder_dataset, permuted_labels_csv, train_to_criterion
+from mlflow_server import mlflow_server
 
 from harness.server import Server, served_models
 from training import load_config
+from training.mlflow_models import TAG_KEY
+from training.tracking import mlflow_client
 
 pytestmark = pytest.mark.slow
 TOKEN = "e2e-admin-token"
@@ -27,21 +30,37 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A data root with a dataset and a permuted-label CSV of it, and v1 trained to its criterion into the store."""
+def mlflow_url():
+    with mlflow_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, mlflow_url):
+    """A data root with a dataset and a permuted-label CSV of it, and v1 trained to its criterion into the store
+    (logged to a real MLflow server, as the service's jobs and decisions are)."""
     root = tmp_path_factory.mktemp("loop")
     data = root / "data"
     make_folder_dataset(data / "colours", per_class=16)
     permuted_labels_csv(data, "colours", "permuted.csv")
     cfg = load_config(dotted=[f"data.source={data / 'colours'}", f"output_dir={root / 'runs'}", "name=loop",
-                              *TOY, *LEARNED])  # fmt: skip
+                              f"tracking.mlflow_uri={mlflow_url}", *TOY, *LEARNED])  # fmt: skip
     v1 = train_to_criterion(cfg).tag
     env = dict(IMGCLF_MODEL_NAME="loop", IMGCLF_WORKERS="2", IMGCLF_ADMIN_TOKEN=TOKEN, IMGCLF_RUNTIME="torch",
                **TOY_GATE,
                IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_DATA_ROOTS=f'["{data}"]',
                IMGCLF_FEEDBACK_DIR=str(data / "feedback"), IMGCLF_JOBS_DIR=str(root / "jobs"),
-               IMGCLF_DATABASE_URL=f"sqlite:///{root / 'registry.db'}", IMGCLF_MAX_LATENCY_MS="5")  # fmt: skip
-    return {"root": root, "data": data, "v1": v1, "env": env}
+               IMGCLF_DATABASE_URL=f"sqlite:///{root / 'registry.db'}", IMGCLF_MAX_LATENCY_MS="5",
+               IMGCLF_MLFLOW_TRACKING_URI=mlflow_url)  # fmt: skip
+    return {"root": root, "data": data, "v1": v1, "env": env, "mlflow": mlflow_client(mlflow_url)}
+
+
+def mlflow_alias(world: dict, alias: str) -> str | None:
+    """The BentoML tag behind an alias of the MLflow registered model (None while it is not set)."""
+    try:
+        return world["mlflow"].get_model_version_by_alias("loop", alias).tags[TAG_KEY]
+    except Exception:  # noqa: BLE001 - not there yet
+        return None
 
 
 class Traffic(threading.Thread):
@@ -142,6 +161,7 @@ def test_the_retraining_loop(world):
         assert done["decision"]["promoted"] and done["decision"]["champion_tag"] == v1
         assert done["progress"]["epoch"] >= 1 and done["log_tail"]
         wait_for("v2 on both workers", lambda: both_workers_serve(base, v2), timeout=60)
+        wait_for("MLflow's champion alias on v2", lambda: mlflow_alias(world, "champion") == v2, timeout=60)
         assert grpc_versions(server, image) == {v2.split(":")[1]}  # gRPC follows the champion too
 
         # a model that learned permuted labels (every answer wrong by construction) is refused; v2 stays
@@ -150,11 +170,19 @@ def test_the_retraining_loop(world):
         assert bad["decision"]["reason"].startswith("refused") and bad["decision"]["challenger"]["accuracy"] < 0.7
         models = httpx.get(base + "/models", headers=AUTH).json()
         assert models["champion"] == v2 and models["history"][0]["kind"] == "refused"
+        wait_for("MLflow's challenger alias on the refused model",
+                 lambda: mlflow_alias(world, "challenger") == bad["result_tag"], timeout=60)  # fmt: skip
 
         # rollback: v1 again on both workers
         r = httpx.post(base + "/models/rollback", json={"reason": "e2e"}, headers=AUTH)
         assert r.status_code == 200 and r.json()["tag"] == v1, r.text
         wait_for("v1 back on both workers", lambda: both_workers_serve(base, v1), timeout=60)
+        wait_for("MLflow's champion alias back on v1", lambda: mlflow_alias(world, "champion") == v1, timeout=60)
+        client = world["mlflow"]
+        runs = client.search_runs([client.get_experiment_by_name("loop").experiment_id])
+        trained = {r.data.tags.get(TAG_KEY) for r in runs if r.info.status == "FINISHED"}
+        assert {v1, v2, bad["result_tag"]} <= trained  # the first training and both jobs, with their metrics
+        assert all(client.get_metric_history(r.info.run_id, "loss") for r in runs if r.data.tags.get(TAG_KEY) == v2)
 
         # a job killed mid-training fails; the champion and the store are untouched
         versions = len(httpx.get(base + "/models", headers=AUTH).json()["versions"])

@@ -139,6 +139,14 @@ class EarlyStopConfig(_Section):
     )
 
 
+class TrackingConfig(_Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to <run dir>/tensorboard.")
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking server (default: the MLFLOW_TRACKING_URI environment variable; none: off)."
+    )
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment (default: the model name).")
+
+
 class TrainConfig(_Section):
     name: str = Field("fashion-cnn", pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Model store name.")
     data: DataConfig = DataConfig()
@@ -147,6 +155,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
     multilabel: MultiLabelConfig = MultiLabelConfig()
+    tracking: TrackingConfig = TrackingConfig()
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")

@@ -45,6 +45,7 @@ from .prepare import (
 from .schedule import RunSummary, epochs_that_fit
 from .tasks import MULTILABEL, TaskSpec, multilabel_loss
 from .taxonomy import Taxonomy
+from .tracking import RunTracker
 from .transforms import Preprocessing, resolve_augment
 
 log = logging.getLogger(__name__)
@@ -78,13 +79,19 @@ def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainR
         training.models.ModelError: unknown architecture or unavailable weights.
     """
     info = init_distributed()
+    tracker = RunTracker(cfg, cfg.run_dir) if info.is_main else None
     try:
-        return _train(cfg, info, on_epoch_end)
+        return _train(cfg, info, on_epoch_end, tracker)
+    except BaseException as exc:  # a pruned search trial, a cancelled job, a failure: the trackers say so
+        if tracker is not None:
+            tracker.abort(f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None) -> TrainResult:
+def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None,
+           tracker: RunTracker | None) -> TrainResult:  # fmt: skip
     started = time.monotonic()
     seed_everything(cfg.seed + info.rank)
     device = select_device(cfg, info)
@@ -223,6 +230,8 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
                         "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
                         "early_stop": stopper.state_dict(), "history": history, "best_state": best_state,
                         "fingerprint": fingerprint}, ckpt_path)  # fmt: skip
+            if tracker is not None:
+                tracker.epoch(record)
             if on_epoch_end is not None:
                 on_epoch_end(dict(record))
             epoch_seconds.append(time.perf_counter() - t0)
@@ -252,8 +261,12 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None)
     run = RunSummary.of(cfg, history, stop_reason, choice, time.monotonic() - started)
     if run.note:
         log.warning("%s", run.note)
-    return _evaluate_and_save(cfg, final, splits, summary, load, pp, kwargs, rt, info, (val_loader, test_loader),
-                              history, stopper.best_epoch, run)  # fmt: skip
+    result = _evaluate_and_save(cfg, final, splits, summary, load, pp, kwargs, rt, info, (val_loader, test_loader),
+                                history, stopper.best_epoch, run)  # fmt: skip
+    if tracker is not None:
+        tracker.finish({"history": history, "metrics": result.metrics, "report_dir": result.report_dir,
+                        "tag": result.tag, "fingerprint": summary["fingerprint"], "task": splits.task})  # fmt: skip
+    return result
 
 
 def _evaluate_and_save(

@@ -77,6 +77,7 @@ events = sa.Table(
     sa.Column("champion", sa.JSON),
     sa.Column("job_id", sa.String(32)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("mirrored_at", sa.DateTime(timezone=True)),  # added in version 3: written to MLflow
 )  # fmt: skip
 
 feedback = sa.Table(
@@ -88,6 +89,14 @@ feedback = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )  # fmt: skip
 
+# Short leases (version 3): one worker at a time does a piece of periodic work, e.g. mirroring to MLflow.
+leases = sa.Table(
+    "leases", metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 V1_TABLES = [jobs, active_jobs, champions, events, feedback]
@@ -97,17 +106,29 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
 
-def _v2(conn: Connection) -> None:
-    """Jobs record the champion they were built against and the holdout kept out of their training (a database
-    created at version 1 by this code already has the columns: ``_v1`` creates the current tables)."""
-    have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
-    for column in (jobs.c.champion_tag, jobs.c.holdout):
+def _add_columns(conn: Connection, table: sa.Table, *columns: sa.Column) -> None:
+    """Add ``columns`` the table lacks (a database created by this code at an earlier step already has them:
+    ``_v1`` creates the current tables)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for column in columns:
         if column.name not in have:
-            conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"))
+            kind = column.type.compile(conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
+def _v2(conn: Connection) -> None:
+    """Jobs record the champion they were built against and the holdout kept out of their training."""
+    _add_columns(conn, jobs, jobs.c.champion_tag, jobs.c.holdout)
+
+
+def _v3(conn: Connection) -> None:
+    """Events remember when they were mirrored to MLflow; leases let one worker at a time do the mirroring."""
+    _add_columns(conn, events, events.c.mirrored_at)
+    leases.create(conn, checkfirst=True)
 
 
 # Append (version, function) to change the schema; never edit a released step.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

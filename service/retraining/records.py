@@ -110,3 +110,4 @@ class ChampionEvent(BaseModel):
     champion: dict[str, Any] | None = None
     job_id: str | None = None
     created_at: str
+    mirrored_at: str | None = None

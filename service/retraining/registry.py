@@ -271,6 +271,35 @@ class Registry:
                     claimed.append(Job.model_validate(_plain(conn.execute(sa.select(t).where(t.c.id == job_id)).one())))
         return claimed
 
+    # ------------------------------------------------------------ mirroring (MLflow) and leases
+    def unmirrored_events(self, model_name: str, limit: int = 100) -> list[ChampionEvent]:
+        """Events not yet written to the mirror, oldest first."""
+        t = db.events
+        query = (sa.select(t).where(t.c.model_name == model_name, t.c.mirrored_at.is_(None))
+                 .order_by(t.c.id).limit(limit))  # fmt: skip
+        with self.engine.connect() as conn:
+            return [ChampionEvent.model_validate(_plain(r)) for r in conn.execute(query)]
+
+    def mark_mirrored(self, event_ids: list[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(db.events.update().where(db.events.c.id.in_(event_ids)).values(mirrored_at=now()))
+
+    def lease(self, key: str, holder: str, seconds: float) -> bool:
+        """Hold ``key`` for ``seconds`` (renewing it when ``holder`` has it); False while another holds it."""
+        t = db.leases
+        until = now() + dt.timedelta(seconds=seconds)
+        with self.engine.begin() as conn:
+            db.lock(conn, f"lease:{key}")
+            row = conn.execute(sa.select(t).where(t.c.key == key)).first()
+            if row is None:
+                conn.execute(t.insert().values(key=key, holder=holder, expires_at=until))
+                return True
+            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.UTC)
+            if row.holder != holder and expires > now():
+                return False
+            conn.execute(t.update().where(t.c.key == key).values(holder=holder, expires_at=until))
+            return True
+
     # ------------------------------------------------------------ feedback
     def add_feedback(self, model_name: str, sha256: str, label: str, path: str) -> bool:
         """Record one feedback image; False when the same content was already given."""

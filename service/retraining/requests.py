@@ -20,7 +20,7 @@ from training.stored import SPLIT_FILE
 # Set by the service, never by a request: paths the job writes or reads outside the data roots.
 PROTECTED_KEYS = ("name", "output_dir", "save", "resume", "threads", "device", "data.source", "data.extra_train",
                   "data.holdout", "data.fashion_mnist_dir", "data.taxonomy", "data.allowed_roots",
-                  "model.weights_file")  # fmt: skip
+                  "model.weights_file", "tracking")  # fmt: skip
 # What a request may ask of the training config, request fields and overrides alike: (config key, low, high).
 BOUNDS = (("epochs", 1, 1000), ("batch_size", 1, 1024), ("model.width", 4, 256), ("model.depth", 1, 6),
           ("model.img_size", 8, 1024), ("max_minutes", 0, 24 * 60), ("early_stop.patience", 1, 1000),
@@ -76,7 +76,10 @@ def job_config(req: RetrainRequest, settings: Settings, champion: str | None) ->
     if champion and (split := Path(store.get(champion).path) / SPLIT_FILE).is_file():
         data["holdout"] = str(split)  # the champion's test split: kept out of training, judged on
     data["allowed_roots"] = [str(root) for root in settings.allowed_roots()]  # every file the job reads
+    # Tracking as the service says: TensorBoard in the job's folder, MLflow where the service's MLflow is.
+    tracking = {"tensorboard": True, "mlflow_uri": settings.mlflow_tracking_uri, "mlflow_experiment": None}
     fixed: dict[str, Any] = {"name": settings.model_name, "data": data, "save": True, "resume": False,
+                             "tracking": tracking,
                              "threads": settings.retrain_threads, "output_dir": str(settings.jobs_dir)}  # fmt: skip
     if req.model:
         fixed["model"] = {"name": req.model}
