@@ -41,3 +41,63 @@ def test_summary_keeps_recall_of_classes_present():
     m = {"accuracy": 0.5, "num_samples": 4, "macro": {"f1": 0.4},
          "per_class": {"a": {"recall": 1.0, "support": 2}, "b": {"recall": 0.0, "support": 0}}}  # fmt: skip
     assert summary(m)["recall"] == {"a": 1.0}
+
+
+# ---------------------------------------------------------------- the statistical gate, on constructed predictions
+def paired_results(n: int, challenger_only: int, champion_only: int, both: int) -> tuple:
+    """Per-image correctness of two models: ``both`` right together, ``*_only`` right alone, the rest wrong."""
+    import numpy as np
+
+    a, b = np.zeros(n, bool), np.zeros(n, bool)
+    a[:both] = b[:both] = True
+    a[both : both + challenger_only] = True
+    b[both + challenger_only : both + challenger_only + champion_only] = True
+    return a, b
+
+
+def test_a_difference_inside_the_noise_is_not_called_a_regression():
+    from service.retraining.stats import compare_accuracy
+
+    a, b = paired_results(2000, challenger_only=100, champion_only=104, both=1700)
+    paired = compare_accuracy(a, b)
+    assert paired.ci_low < -0.01 < 0 < paired.ci_high and paired.p_value > 0.5
+    d = decide(metrics(a.mean(), {"a": 0.9}), metrics(b.mean(), {"a": 0.9}), POLICY, paired)
+    print(d.reason)
+    assert d.promote and "within the noise" in d.reason and "95% CI" in d.reason and "regression" not in d.reason
+
+
+def test_a_real_regression_is_refused_with_its_interval():
+    from service.retraining.stats import compare_accuracy
+
+    a, b = paired_results(2000, challenger_only=40, champion_only=160, both=1700)
+    paired = compare_accuracy(a, b)
+    assert paired.difference == -0.06 and paired.ci_high < 0 and paired.p_value < 1e-9
+    d = decide(metrics(a.mean(), {"a": 0.9}), metrics(b.mean(), {"a": 0.9}), POLICY, paired)
+    print(d.reason)
+    assert not d.promote and "worse than the champion with confidence" in d.reason
+    assert f"{paired.ci_low:+.4f} to {paired.ci_high:+.4f}" in d.reason and d.paired == paired
+
+
+def test_not_worse_with_confidence_passes_and_says_so():
+    from service.retraining.stats import compare_accuracy
+
+    a, b = paired_results(10_000, challenger_only=200, champion_only=210, both=9000)
+    paired = compare_accuracy(a, b)
+    assert paired.ci_low >= -0.01
+    d = decide(metrics(a.mean(), {"a": 0.9}), metrics(b.mean(), {"a": 0.9}), POLICY, paired)
+    assert d.promote and "with 95% confidence" in d.reason
+
+
+def test_the_map_difference_of_multilabel_models_is_bootstrapped():
+    import numpy as np
+
+    from service.retraining.stats import compare_map
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((400, 4)) < 0.3).astype(int)
+    good = targets * 0.8 + rng.random((400, 4)) * 0.3  # ranks the positives first
+    noise = rng.random((400, 4))
+    worse = compare_map(noise, good, targets)
+    assert worse.difference < -0.3 and worse.ci_high < 0
+    same = compare_map(good, good, targets)
+    assert same.difference == 0 and same.ci_low <= 0 <= same.ci_high

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import report as reports
@@ -41,8 +43,19 @@ def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader,
     return spec.activate(logits), targets
 
 
-def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
-    """Metrics of ``tag`` on a recorded split (another model's, say): the promotion gate's measure.
+@dataclass
+class RecordPredictions:
+    """One model's answers on a recorded split: per image (``keys``) its scores and target, and the metrics."""
+
+    keys: list[str]
+    classes: list[str]
+    scores: np.ndarray
+    targets: np.ndarray
+    metrics: dict
+
+
+def predictions_on_record(tag: str, record: dict, split: str = "test") -> RecordPredictions:
+    """``tag`` on a recorded split (another model's, say): the promotion gate's measure.
 
     Raises:
         DatasetError: none of the recorded images belongs to one of the model's classes.
@@ -52,7 +65,13 @@ def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
     if not samples:
         raise DatasetError(f"none of the recorded {split} images has a class {tag} knows")
     scores, targets = predict_samples(stored, samples, key_loader(record["source"], stored.preprocessing.channels))
-    return TaskSpec.from_metadata(stored.metadata).metrics(targets, scores)
+    metrics = TaskSpec.from_metadata(stored.metadata).metrics(targets, scores)
+    return RecordPredictions([s.key for s in samples], list(stored.classes), scores, targets, metrics)
+
+
+def evaluate_on_record(tag: str, record: dict, split: str = "test") -> dict:
+    """Metrics of ``tag`` on a recorded split."""
+    return predictions_on_record(tag, record, split).metrics
 
 
 def evaluate_stored(

@@ -1,17 +1,21 @@
 """The promotion gate (pure): may a challenger replace the champion, and why.
 
 Both sides are measured by the same code on the same holdout; the challenger passes when its
-primary metric (accuracy; mAP for multi-label models) is at least the champion's minus
+primary metric (accuracy; mAP for multi-label models) is not worse than the champion's by more than
 ``tolerance`` and no class's recall (multi-label: no label's average precision) falls by more than
-``max_recall_drop``. Only classes both models know are compared class by class; a challenger of
-another task than the champion's is never promoted automatically.
+``max_recall_drop``. With a paired comparison (:mod:`service.retraining.stats`, what a job gives) the decision
+says which of three it is: not worse by more than the tolerance with confidence (the interval's lower end
+within it: passes), worse with confidence (the whole interval below zero, reaching past the tolerance:
+refused), or a difference within the noise (the interval spans zero: judged on the point estimate, never
+called a regression); without one, on the point estimates. Only classes both models know are compared class
+by class; a challenger of another task than the champion's is never promoted automatically.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.retraining.records import Decision
+from service.retraining.records import Decision, PairedComparison
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
-def decide(challenger: dict, champion: dict | None, policy: GatePolicy) -> Decision:
+def decide(challenger: dict, champion: dict | None, policy: GatePolicy,
+           paired: PairedComparison | None = None) -> Decision:  # fmt: skip
     """``challenger`` and ``champion`` are :func:`summary` dicts measured on the same holdout."""
     if champion is None:
         return Decision(promote=True, reason="no champion yet: the first model becomes champion", challenger=challenger)
@@ -67,19 +72,29 @@ def decide(challenger: dict, champion: dict | None, policy: GatePolicy) -> Decis
     }
     label = "mAP" if metric == "map" else metric
     acc = f"{label} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}"
-    if challenger[metric] < floor:
-        reason = f"refused: {acc}, below the floor {floor:.4f} (tolerance {policy.tolerance})"
-        return Decision(promote=False, reason=reason, challenger=challenger, champion=champion, recall_drops=drops)
+    refused = dict(promote=False, challenger=challenger, champion=champion, recall_drops=drops, paired=paired)
+    if paired is not None and paired.ci_low >= -policy.tolerance:  # not worse than the tolerance, with confidence
+        acc = (
+            f"{acc}: not worse by more than the tolerance with {paired.confidence:.0%} confidence "
+            f"({paired.describe()})"
+        )
+    elif paired is not None and paired.ci_high < 0:
+        reason = (
+            f"refused: the challenger is worse than the champion with confidence ({acc}; {paired.describe()}; "
+            f"tolerance {policy.tolerance})"
+        )
+        return Decision(reason=reason, **refused)
+    elif challenger[metric] < floor:
+        noise = f"; {paired.describe()}, inconclusive" if paired is not None else ""
+        reason = f"refused: {acc}, below the floor {floor:.4f} (tolerance {policy.tolerance}){noise}"
+        return Decision(reason=reason, **refused)
+    elif paired is not None:
+        acc = f"{acc}: the difference is within the noise ({paired.describe()})"
     what = "average precision" if per == "ap" else "recall"
     if drops:
         worst = ", ".join(f"{name} -{drop * 100:.1f} pts" for name, drop in sorted(drops.items(), key=lambda d: -d[1]))
-        return Decision(
-            promote=False,
-            reason=f"refused: {what} fell by more than {policy.max_recall_drop * 100:.1f} points for {worst} ({acc})",
-            challenger=challenger,
-            champion=champion,
-            recall_drops=drops,
-        )
+        return Decision(reason=f"refused: {what} fell by more than {policy.max_recall_drop * 100:.1f} points for "
+                        f"{worst} ({acc})", **refused)  # fmt: skip
     kind = "label's" if per == "ap" else "class's"
     return Decision(
         promote=True,
@@ -87,4 +102,5 @@ def decide(challenger: dict, champion: dict | None, policy: GatePolicy) -> Decis
         f"more than {policy.max_recall_drop * 100:.1f} points",
         challenger=challenger,
         champion=champion,
+        paired=paired,
     )

@@ -18,15 +18,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.errors import Conflict
-from service.retraining import gate
-from service.retraining.records import Decision, Job
+from service.retraining import gate, stats
+from service.retraining.records import Decision, Job, PairedComparison
 from service.retraining.registry import Registry
 from service.settings import Settings
 from training import store
 from training.config import TrainConfig
 from training.data import read_record
-from training.evaluate import evaluate_on_record
+from training.evaluate import RecordPredictions, predictions_on_record
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,12 @@ def judge(registry: Registry, settings: Settings, job: Job, challenger: str) -> 
     if holdout is None or not holdout.get("test"):
         raise RuntimeError(f"no holdout to judge {challenger} on: neither model recorded a test split")
     policy = gate.GatePolicy(settings.gate_tolerance, settings.gate_max_recall_drop)
-    challenger_m = gate.summary(evaluate_on_record(challenger, holdout))
-    champion_m = gate.summary(evaluate_on_record(champion, holdout)) if champion else None
-    decision = gate.decide(challenger_m, champion_m, policy).model_copy(update={
+    ours = predictions_on_record(challenger, holdout)
+    theirs = predictions_on_record(champion, holdout) if champion else None
+    challenger_m = gate.summary(ours.metrics)
+    champion_m = gate.summary(theirs.metrics) if theirs else None
+    paired = compare(ours, theirs, challenger_m.get("task")) if theirs else None
+    decision = gate.decide(challenger_m, champion_m, policy, paired).model_copy(update={
         "holdout": f"{champion or challenger} test split ({len(holdout['test'])} images)",
         "champion_tag": champion, "challenger_tag": challenger})  # fmt: skip
     recorded = dict(challenger=challenger_m, champion=champion_m, job_id=job.id)
@@ -63,6 +68,22 @@ def judge(registry: Registry, settings: Settings, job: Job, challenger: str) -> 
         registry.refuse(job.model_name, challenger, decision.reason, **recorded)
     log.info("gate: %s", decision.reason)
     return decision
+
+
+def compare(ours: RecordPredictions, theirs: RecordPredictions, task: str | None) -> PairedComparison | None:
+    """The paired comparison on the images (and, multi-label, the labels) both models were judged on."""
+    where = {key: i for i, key in enumerate(theirs.keys)}
+    common = [(i, where[key]) for i, key in enumerate(ours.keys) if key in where]
+    if not common:
+        return None
+    a, b = (np.array(ix) for ix in zip(*common, strict=True))
+    if task == "multilabel":
+        labels = [c for c in ours.classes if c in theirs.classes]
+        ca, cb = [ours.classes.index(c) for c in labels], [theirs.classes.index(c) for c in labels]
+        return stats.compare_map(ours.scores[a][:, ca], theirs.scores[b][:, cb], ours.targets[a][:, ca])
+    right = ours.scores[a].argmax(1) == ours.targets[a]
+    right_theirs = theirs.scores[b].argmax(1) == theirs.targets[b]
+    return stats.compare_accuracy(right, right_theirs)
 
 
 # ---------------------------------------------------------------- the job process

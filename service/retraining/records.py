@@ -42,6 +42,29 @@ class RetrainRequest(BaseModel):
     auto_promote: bool = Field(True, description="Promote the new model when it passes the gate.")
 
 
+class PairedComparison(BaseModel):
+    """The challenger's primary metric minus the champion's on the same images, with its uncertainty."""
+
+    metric: str = Field(..., description="accuracy, or map for multi-label models.")
+    test: str = Field(..., description="How the interval and the p-value were computed.")
+    images: int
+    difference: float = Field(..., description="Challenger minus champion.")
+    ci_low: float
+    ci_high: float
+    confidence: float = 0.95
+    p_value: float | None = Field(None, description="Two-sided: the models differ at all.")
+    challenger_only: int | None = Field(None, description="Images only the challenger got right (accuracy).")
+    champion_only: int | None = Field(None, description="Images only the champion got right (accuracy).")
+
+    def describe(self) -> str:
+        pct = int(round(self.confidence * 100))
+        p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        return (
+            f"{self.metric} difference {self.difference:+.4f} ({pct}% CI {self.ci_low:+.4f} to {self.ci_high:+.4f}"
+            f"{p}, {self.images} images)"
+        )
+
+
 class Decision(BaseModel):
     """May a challenger replace the champion, and why: both sides' metric summaries measured on the same
     holdout (:func:`service.retraining.gate.summary`), and what came of it."""
@@ -51,6 +74,7 @@ class Decision(BaseModel):
     challenger: dict[str, Any] = Field(..., description="The challenger's metric summary on the holdout.")
     champion: dict[str, Any] | None = Field(None, description="The champion's, on the same holdout.")
     recall_drops: dict[str, float] = Field(default_factory=dict, description="Classes (labels) that fell too far.")
+    paired: PairedComparison | None = Field(None, description="The paired test on the primary metric.")
     holdout: str | None = Field(None, description="What the two were judged on.")
     champion_tag: str | None = None
     challenger_tag: str | None = None
