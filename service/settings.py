@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(64, ge=1, le=1024, description="Most images in one classify_batch request.")
     default_top_k: int = Field(5, ge=1)
     low_confidence: float = Field(0.5, gt=0, lt=1, description="Top-1 score below which a prediction is 'low'.")
+    abstain_below: float | None = Field(
+        None, gt=0, lt=1, description="Answer with abstained=true when the (calibrated) top score is below this."
+    )
     agreement_threshold: float = Field(0.995, gt=0, le=1, description="bf16/int8 top-1 agreement needed.")
     agreement_samples: int = Field(1000, ge=10, description="Test images used for the agreement check.")
     access_log: bool = Field(True, description="Log every request (BentoML's access log).")

@@ -23,6 +23,8 @@ CONFIDENCE = Histogram(
 LOW_CONFIDENCE = Counter(
     "imgclf_low_confidence_predictions_total", "Predictions whose top-1 score is below the threshold.", ["model"]
 )
+ABSTAINED = Counter("imgclf_abstained_predictions_total", "Answers that abstained (top score below the threshold).",
+                    ["model"])  # fmt: skip
 BATCH_SIZE = Histogram(
     "imgclf_inference_batch_size", "Images per inference batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
@@ -73,6 +75,8 @@ def observe_verdict(model: str, classes: list[str], verdict: Verdict, low_thresh
     CONFIDENCE.labels(model).observe(verdict.confidence)
     if verdict.confidence < low_threshold:
         LOW_CONFIDENCE.labels(model).inc()
+    if verdict.abstained:
+        ABSTAINED.labels(model).inc()
 
 
 _current: dict[Gauge, tuple[str, ...]] = {}

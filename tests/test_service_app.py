@@ -179,3 +179,28 @@ def test_a_form_top_k_in_other_digits_is_a_400_not_a_crash(client, top_k):
 
     r = client.post("/classify", files={"image": ("x.png", encode(colour_image((1, 2, 3))))}, data={"top_k": top_k})
     assert r.status_code == 400 and r.json()["reason"] == "bad_top_k", r.text
+
+
+def test_an_abstain_threshold_marks_unsure_answers_and_still_lists_them(trained_model):
+    import numpy as np
+
+    from service.inference.answers import ClassifyQuery, answer
+    from training.tasks import TaskSpec
+
+    spec = TaskSpec("multiclass", ["a", "b"])
+    unsure = answer(spec, np.array([0.55, 0.45]), ClassifyQuery(2), abstain_below=0.6)
+    assert unsure.verdict.abstained is True and [p["label"] for p in unsure.predictions] == ["a", "b"]
+    assert answer(spec, np.array([0.55, 0.45]), ClassifyQuery(1), abstain_below=0.5).verdict.abstained is False
+    assert answer(spec, np.array([0.55, 0.45]), ClassifyQuery(1)).verdict.abstained is None
+
+    tag, _ = trained_model
+    settings = Settings(model_name=tag.split(":")[0], runtime="torch", abstain_below=0.5)
+    worker = build_worker(settings)
+    worker.follower.load()
+    with TestClient(create_app(settings, lambda: worker.path)) as c:
+        body = c.post("/classify", files={"image": ("red.png", RED, "image/png")}).json()
+    assert body["abstained"] == (body["predictions"][0]["score"] < 0.5)
+
+
+def test_without_an_abstain_threshold_the_answer_has_no_abstained_field(client):
+    assert "abstained" not in client.post("/classify", files={"image": ("red.png", RED, "image/png")}).json()

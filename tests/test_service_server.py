@@ -17,6 +17,7 @@ from conftest import COLOURS, colour_image, encode
 from harness.server import ROOT, Server
 from training import load_model
 from training.data import KeyLoader
+from training.tasks import TaskSpec
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,8 @@ def test_predictions_match_the_trained_model(server, trained_model):
     tf = build_eval_transform(stored.preprocessing)
     load = KeyLoader(3)
     with torch.inference_mode():
-        probs = stored.model(torch.stack([tf(load(k)) for k in keys])).softmax(-1).numpy()
+        logits = stored.model(torch.stack([tf(load(k)) for k in keys])).numpy()
+    probs = TaskSpec.from_metadata(stored.metadata).activate(logits)  # calibrated, as the model serves them
     for row, result in zip(probs, served["results"], strict=True):
         assert result["predictions"][0]["index"] == int(row.argmax())
         np.testing.assert_allclose(result["predictions"][0]["score"], row.max(), atol=0.02)

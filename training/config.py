@@ -170,6 +170,10 @@ class TrainConfig(_Section):
     resume: bool = Field(False, description="Resume from <output_dir>/<name>/last.ckpt when present.")
     save: bool = Field(True, description="Save the trained model to the BentoML store.")
     top_k: int = Field(5, ge=1)
+    calibrate: bool = Field(
+        True,
+        description="Fit a temperature (multi-label: per-label Platt) on the validation split; serve its scores.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import autotune, store
+from . import calibration as calibrate
 from . import data as data_sources
 from . import report as reports
 from .config import TrainConfig, save_config
@@ -285,9 +286,16 @@ def _evaluate_and_save(
     reports.plot_curves(history, report_dir / "curves.png")
     tree = Taxonomy.from_obj(splits.taxonomy) if splits.taxonomy else None
     spec = TaskSpec(splits.task, splits.classes, taxonomy=tree)
+    uncalibrated = spec.activate(test_logits)
+    calibration = None
+    if cfg.calibrate:  # before the thresholds: they apply to the scores the model will serve
+        spec.calibration = calibrate.fit(spec.multilabel, val_logits, val_targets)
     if spec.multilabel:
         spec.thresholds = tune_thresholds(val_targets, spec.activate(val_logits))
     test_scores = spec.activate(test_logits)
+    if spec.calibration is not None:
+        calibration = calibrate.summary(spec.calibration, uncalibrated, test_scores, test_targets, spec.multilabel)
+        reports.plot_reliability(calibration, report_dir / "calibration.png")
     metrics = {"test": spec.metrics(test_targets, test_scores, cfg.top_k),
                "val": spec.metrics(val_targets, spec.activate(val_logits), cfg.top_k)}  # fmt: skip
     metrics["val"].pop("confusion_matrix", None)
@@ -307,7 +315,7 @@ def _evaluate_and_save(
     report = {
         "name": cfg.name, "architecture": cfg.model.name, "classes": splits.classes, **spec.metadata(),
         "best_epoch": best_epoch, "train_seconds": run.train_seconds, "run": run.to_dict(),
-        "history": history, "metrics": metrics, "data": summary,
+        "history": history, "metrics": metrics, "data": summary, "calibration": calibration,
         "preprocessing": pp.model_dump(mode="json"), "runtime": {"device": str(rt.device),
         "precision": str(rt.amp_dtype or "fp32"), "channels_last": rt.channels_last, "world_size": info.world_size},
         "report_dir": str(report_dir),

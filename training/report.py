@@ -37,6 +37,22 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_reliability(calibration: dict, path: Path) -> None:
+    """Reliability diagram: accuracy against confidence per bin, before and after calibration."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for when, marker in (("before", "o"), ("after", "s")):
+        bins, value, name = calibration[f"bins_{when}"], calibration[f"test_ece_{when}"], when
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker,
+                label=f"{name} (ECE {value:.3f})")  # fmt: skip
+    ax.set(title="Reliability on the test split", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> None:
     cm = np.asarray(matrix, dtype=float)
     norm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
@@ -157,6 +173,10 @@ def format_summary(report: dict) -> str:
     """A human-readable summary of the report for the terminal; a run cut short by its time budget ends saying so."""
     test = report["metrics"]["test"]
     body = _format_multilabel(report, test) if "map" in test else _format_multiclass(report, test)
+    cal = report.get("calibration")
+    if cal:
+        how = f"temperature {cal['temperature']:.3f}" if cal["method"] == "temperature" else "per-label Platt"
+        body += f"\ncalibration  {how}: test ECE {cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f}"
     return body + "".join(f"\n{line}" for line in run_lines(report.get("run")))
 
 

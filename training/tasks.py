@@ -20,6 +20,7 @@ import torch
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
+from .calibration import Calibration
 from .data.splits import Sample
 from .metrics import classification_metrics, hierarchy_metrics, multilabel_metrics, sigmoid, softmax
 from .taxonomy import Taxonomy
@@ -33,6 +34,7 @@ class TaskSpec:
     classes: list[str]
     thresholds: np.ndarray | None = None  # multilabel: one per class
     taxonomy: Taxonomy | None = None  # hierarchical
+    calibration: Calibration | None = None  # fitted at the end of training; scores are calibrated
     _levels: dict[int, tuple[list[str], np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -45,6 +47,7 @@ class TaskSpec:
             np.array([float(thresholds.get(c, 0.5)) for c in classes]) if kind == MULTILABEL and thresholds else
             (np.full(len(classes), 0.5) if kind == MULTILABEL else None),
             Taxonomy.from_obj(meta["taxonomy"]) if kind == HIERARCHICAL and meta.get("taxonomy") else None,
+            Calibration.from_json(meta["calibration"], classes) if meta.get("calibration") else None,
         )  # fmt: skip
 
     def metadata(self) -> dict[str, Any]:
@@ -54,6 +57,8 @@ class TaskSpec:
             out["thresholds"] = {c: round(float(t), 6) for c, t in zip(self.classes, self.thresholds, strict=True)}
         if self.taxonomy is not None:
             out["taxonomy"] = self.taxonomy.to_json()
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_json(self.classes)
         return out
 
     @property
@@ -61,7 +66,9 @@ class TaskSpec:
         return self.kind == MULTILABEL
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
-        """Scores from logits: sigmoids for multi-label, a softmax otherwise."""
+        """Scores from logits (calibrated when the model was): sigmoids for multi-label, a softmax otherwise."""
+        if self.calibration is not None:
+            logits = self.calibration.apply(logits)
         return sigmoid(logits) if self.multilabel else softmax(logits)
 
     def decisions(self, scores: np.ndarray) -> np.ndarray:

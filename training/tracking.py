@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
+from .stored import REPORT_PICTURES
 
 log = logging.getLogger(__name__)
 # MLflow's client retries a failing call 7 times with a backoff of minutes by default: a server that is down
 # would stall training. Ours retry a few times, quickly (the environment can still say otherwise).
 MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                           "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}  # fmt: skip
-PICTURES = ("curves.png", "confusion_matrix.png", "samples.png", "pr_curves.png", "hierarchy.png")
 RETRIES = 3
 
 
@@ -107,7 +107,7 @@ class TensorBoardSink:
         test = scalar_metrics(metrics.get("test", {}), "test/")
         for name, value in test.items():
             self.writer.add_scalar(name, value, steps)
-        for picture in PICTURES:
+        for picture in REPORT_PICTURES:
             if (report_dir / picture).is_file():
                 image = np.asarray(Image.open(report_dir / picture).convert("RGB"))
                 self.writer.add_image(f"report/{picture.removesuffix('.png')}", image, steps, dataformats="HWC")

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.edge.classify import REPORT_PICTURES, InFlight, classify_many, classify_one, model_info
+from service.edge.classify import InFlight, classify_many, classify_one, model_info
 from service.edge.errors import install_handlers
 from service.edge.parsing import b64decode, many_images, single_image
 from service.edge.schemas import (
@@ -28,7 +28,7 @@ from service.errors import NotFound
 from service.inference.answers import ClassifyQuery
 from service.serving import ClassifyPath
 from service.settings import Settings
-from training.stored import REPORT_DIR
+from training.stored import REPORT_DIR, REPORT_PICTURES
 
 ERROR_RESPONSES = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                   HTTPStatus.UNSUPPORTED_MEDIA_TYPE, HTTPStatus.TOO_MANY_REQUESTS,

@@ -13,10 +13,9 @@ from service.errors import Overloaded
 from service.inference import Classifier
 from service.inference.answers import ClassifyQuery
 from service.serving import ClassifyPath, ImageResult
-from training.stored import REPORT_DIR
+from training.stored import REPORT_DIR, REPORT_PICTURES
 
 T = TypeVar("T")
-REPORT_PICTURES = ("curves.png", "confusion_matrix.png", "pr_curves.png", "hierarchy.png", "samples.png")
 
 
 class InFlight:
@@ -43,7 +42,7 @@ def classified(result: ImageResult) -> Classified:
         raise result.error
     assert result.answer is not None
     a = result.answer
-    return Classified(predictions=a.predictions, labels=a.labels, level=a.level)
+    return Classified(predictions=a.predictions, labels=a.labels, level=a.level, abstained=a.verdict.abstained)
 
 
 async def classify_one(path: ClassifyPath, data: bytes, query: ClassifyQuery, endpoint: str) -> ClassifyResponse:
@@ -78,4 +77,5 @@ def model_info(clf: Classifier) -> ModelInfo:
                      preprocessing=meta["preprocessing"], metrics=meta.get("metrics", {}),
                      created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid(),
                      dataset_fingerprint=meta.get("dataset_fingerprint"), training=meta.get("training"),
+                     calibration=meta.get("calibration"),
                      report_pictures=pictures)  # fmt: skip

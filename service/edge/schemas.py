@@ -35,6 +35,9 @@ class Classified(BaseModel):
     predictions: list[Prediction] = Field(..., description=TASK_DESCRIPTION)
     labels: list[str] | None = Field(None, description="Multi-label: the labels at or above their thresholds.")
     level: int | None = Field(None, description="Hierarchical: the tree level the predictions are from.")
+    abstained: bool | None = Field(
+        None, description="With IMGCLF_ABSTAIN_BELOW: the top score is below it (the predictions are still listed)."
+    )
 
 
 class Answered(BaseModel):
@@ -82,6 +85,9 @@ class ModelInfo(BaseModel):
     worker_pid: int = Field(..., description="The server worker process that answered (each serves one version).")
     dataset_fingerprint: str | None = Field(None, description="SHA-256 of the training data's file list and labels.")
     report_pictures: list[str] = Field(default_factory=list, description="Pictures at GET /model/report/{name}.")
+    calibration: dict[str, Any] | None = Field(
+        None, description="How the served scores are calibrated (temperature, or per-label Platt) and its effect."
+    )
     training: dict[str, Any] | None = Field(
         None,
         description="How the run went: epochs planned and run, why it stopped, its measured precision, and a "

@@ -31,6 +31,7 @@ class Verdict:
 
     predicted: list[int]  # the top-1 class; multi-label: every label at or above its threshold
     confidence: float  # the top score
+    abstained: bool | None = None  # with an abstain threshold: the top score is below it (None: no threshold)
 
 
 @dataclass
@@ -41,10 +42,11 @@ class Answer:
     level: int | None = None
 
 
-def decide(spec: TaskSpec, scores: np.ndarray) -> Verdict:
+def decide(spec: TaskSpec, scores: np.ndarray, abstain_below: float | None = None) -> Verdict:
     top = int(np.argmax(scores))
     predicted = np.flatnonzero(scores >= spec.thresholds).tolist() if spec.multilabel else [top]
-    return Verdict(predicted, float(scores[top]))
+    confidence = float(scores[top])
+    return Verdict(predicted, confidence, None if abstain_below is None else confidence < abstain_below)
 
 
 def check_query(spec: TaskSpec, query: ClassifyQuery, default_k: int) -> ClassifyQuery:
@@ -63,9 +65,11 @@ def check_query(spec: TaskSpec, query: ClassifyQuery, default_k: int) -> Classif
     return ClassifyQuery(min(default_k if query.top_k is None else query.top_k, size), query.level)
 
 
-def answer(spec: TaskSpec, scores: np.ndarray, query: ClassifyQuery) -> Answer:
-    """``scores``: one image's probabilities (or multi-label sigmoids); ``query`` from :func:`check_query`."""
-    verdict = decide(spec, scores)
+def answer(spec: TaskSpec, scores: np.ndarray, query: ClassifyQuery, abstain_below: float | None = None) -> Answer:
+    """``scores``: one image's probabilities (or multi-label sigmoids); ``query`` from :func:`check_query`.
+    With ``abstain_below``, an image whose top score is below it is answered with ``abstained`` (the top-k
+    are still listed)."""
+    verdict = decide(spec, scores, abstain_below)
     if spec.multilabel:
         return _multilabel(spec, scores, query.top_k, verdict)
     if spec.taxonomy is not None:

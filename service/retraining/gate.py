@@ -75,8 +75,7 @@ def decide(challenger: dict, champion: dict | None, policy: GatePolicy,
     refused = dict(promote=False, challenger=challenger, champion=champion, recall_drops=drops, paired=paired)
     if paired is not None and paired.ci_low >= -policy.tolerance:  # not worse than the tolerance, with confidence
         acc = (
-            f"{acc}: not worse by more than the tolerance with {paired.confidence:.0%} confidence "
-            f"({paired.describe()})"
+            f"{acc}: not worse by more than the tolerance with {paired.confidence:.0%} confidence ({paired.describe()})"
         )
     elif paired is not None and paired.ci_high < 0:
         reason = (

@@ -46,5 +46,5 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
     admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
     path = ClassifyPath(settings.model_name, lambda: follower.served, admission, arrivals, settings.default_top_k,
-                        settings.low_confidence)  # fmt: skip
+                        settings.low_confidence, settings.abstain_below)  # fmt: skip
     return Worker(follower, path, Periodic(settings.registry_poll_seconds, [follower.poll]))

@@ -87,8 +87,10 @@ class ClassifyPath:
     """``current()`` is the served model (from the follower); ``model_name`` the name the protocols know it by."""
 
     def __init__(self, model_name: str, current: Callable[[], Served | None], admission: Admission,
-                 arrivals: Arrivals, default_top_k: int, low_confidence: float):  # fmt: skip
+                 arrivals: Arrivals, default_top_k: int, low_confidence: float,
+                 abstain_below: float | None = None):  # fmt: skip
         self.model_name = model_name
+        self.abstain_below = abstain_below
         self.current = current
         self.admission = admission
         self.arrivals = arrivals
@@ -143,7 +145,7 @@ class ClassifyPath:
                 if isinstance(out, ServiceError):
                     results.append(ImageResult(error=out))
                     continue
-                result = answer(clf.task, out, query)
+                result = answer(clf.task, out, query, self.abstain_below)
                 telemetry.observe_verdict(clf.tag, clf.classes, result.verdict, self.low_confidence)
                 results.append(ImageResult(result))
         return clf, results
@@ -173,7 +175,8 @@ class ClassifyPath:
 
     def _observe(self, clf: Classifier, rows: list[np.ndarray]) -> None:
         for row in rows:
-            telemetry.observe_verdict(clf.tag, clf.classes, decide(clf.task, row), self.low_confidence)
+            verdict = decide(clf.task, row, self.abstain_below)
+            telemetry.observe_verdict(clf.tag, clf.classes, verdict, self.low_confidence)
 
     def _preprocess(self, clf: Classifier, data: bytes) -> np.ndarray:
         start = time.perf_counter()
