@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     )
     feedback_dir: Path = Field(REPO_ROOT / "data" / "feedback", description="Where feedback images are kept.")
     feedback_new_labels: bool = Field(False, description="Accept feedback labels the model does not know.")
+    label_audit: Literal["off", "report", "exclude"] = Field(
+        "report", description="Before a retrain, audit its training labels with the champion (confident learning): "
+        "list the suspects in the job's report, or also keep them out of training.",
+    )  # fmt: skip
     gate_tolerance: float = Field(0.01, ge=0, le=1, description="Challenger accuracy may trail by this much.")
     gate_max_recall_drop: float = Field(
         0.05, ge=0, le=1, description="Largest allowed per-class recall drop (multi-label: per-label AP drop)."

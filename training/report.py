@@ -37,6 +37,23 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_suspects(suspects: Sequence, load: Callable[[str], Image.Image], path: Path, per_row: int = 8) -> None:
+    """The label audit's worst suspects: each image with its given label and what the model sees."""
+    rows = (len(suspects) + per_row - 1) // per_row
+    fig, axes = plt.subplots(rows, per_row, figsize=(1.7 * per_row, 2.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, s in zip(axes.ravel(), suspects, strict=False):
+        img = load(s.key)
+        ax.imshow(img, cmap="gray" if img.mode == "L" else None)
+        ax.set_title(f"given {s.given[:12]} {s.given_confidence:.2f}\nlooks {s.suggested[:12]}", fontsize=7,
+                     color="red")  # fmt: skip
+    fig.suptitle("Label audit: probably mislabelled (worst first)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_reliability(calibration: dict, path: Path) -> None:
     """Reliability diagram: accuracy against confidence per bin, before and after calibration."""
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -15,7 +15,7 @@ SPLIT_FILE = "split.json"
 REPORT_DIR = "report"
 # The report's pictures, in the order a reader wants them (each present only when it applies to the task).
 REPORT_PICTURES = ("curves.png", "confusion_matrix.png", "samples.png", "pr_curves.png", "hierarchy.png",
-                   "calibration.png")  # fmt: skip
+                   "calibration.png", "audit.png")  # fmt: skip
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from service import telemetry
-from service.edge.schemas import BatchItem, Classified, ClassifyBatchResponse, ClassifyResponse, ModelInfo
+from service.edge.schemas import BatchItem, ClassifyBatchResponse, ClassifyResponse, ModelInfo
 from service.errors import Overloaded
 from service.inference import Classifier
 from service.inference.answers import ClassifyQuery
@@ -36,19 +36,20 @@ class InFlight:
             self.count -= 1
 
 
-def classified(result: ImageResult) -> Classified:
-    """The answer's response fields, or the image's error raised."""
+def classified(result: ImageResult) -> dict[str, Any]:
+    """The answer's response fields (those with a value: see :class:`~service.edge.schemas.Classified`), or the
+    image's error raised."""
     if result.error is not None:
         raise result.error
     assert result.answer is not None
     a = result.answer
-    return Classified(predictions=a.predictions, labels=a.labels, level=a.level, abstained=a.verdict.abstained)
+    fields = (("labels", a.labels), ("level", a.level), ("abstained", a.verdict.abstained))
+    return {"predictions": a.predictions} | {k: v for k, v in fields if v is not None}
 
 
 async def classify_one(path: ClassifyPath, data: bytes, query: ClassifyQuery, endpoint: str) -> ClassifyResponse:
     clf, [result] = await path.classify([data], query, endpoint)
-    fields = classified(result).model_dump(exclude_none=True)
-    return ClassifyResponse(model=clf.tag, task=clf.task.kind, **fields)
+    return ClassifyResponse(model=clf.tag, task=clf.task.kind, **classified(result))
 
 
 async def classify_many(path: ClassifyPath, images: list[bytes], query: ClassifyQuery,
@@ -63,7 +64,7 @@ async def classify_many(path: ClassifyPath, images: list[bytes], query: Classify
             telemetry.REJECTED.labels(endpoint, r.error.reason).inc()  # the request succeeds; the image did not
             items.append(BatchItem(index=i, predictions=None, error=r.error.message))
         else:
-            items.append(BatchItem(index=i, error=None, **classified(r).model_dump(exclude_none=True)))
+            items.append(BatchItem(index=i, error=None, **classified(r)))
     return ClassifyBatchResponse(model=clf.tag, task=clf.task.kind, results=items)
 
 

@@ -86,6 +86,31 @@ def compare(ours: RecordPredictions, theirs: RecordPredictions, task: str | None
     return stats.compare_accuracy(right, right_theirs)
 
 
+# ---------------------------------------------------------------- the label audit
+def audit_labels(cfg: TrainConfig, champion: str, exclude: bool) -> tuple[TrainConfig, dict[str, Any]]:
+    """Audit the job's training labels with the champion's probabilities (it never trained on the new images);
+    the suspects go to the run's report (``audit.json``, ``audit.png``) and, with ``exclude``, out of training."""
+    from training import audit
+    from training.data import key_loader, load_splits
+    from training.data.splits import sample_from_record
+    from training.store import load_model
+
+    stored = load_model(champion)
+    splits = load_splits(cfg.data)
+    index = {name: i for i, name in enumerate(stored.classes)}
+    samples = [s for x in splits.train
+               if (s := sample_from_record(x.key, x.label, splits.classes, index)) is not None]  # fmt: skip
+    load = key_loader(splits.source, stored.preprocessing.channels)
+    suspects = audit.audit_samples(stored, samples, load)
+    summary = audit.write(suspects, len(samples), cfg.run_dir / "report", load, excluded=exclude)
+    log.info("label audit: %d of %d training images look mislabelled%s", len(suspects), len(samples),
+             "; excluded from training" if exclude else "; reported only")  # fmt: skip
+    if exclude and suspects:
+        data = cfg.data.model_copy(update={"exclude": [s.key for s in suspects]})
+        cfg = cfg.model_copy(update={"data": data})
+    return cfg, summary
+
+
 # ---------------------------------------------------------------- the job process
 def job_train_config(job: Job, settings: Settings) -> TrainConfig:
     output_dir = str(settings.jobs_dir / job.id)
@@ -109,6 +134,7 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
         return registry.job(job_id).status
     job = registry.job(job_id)
     cfg = job_train_config(job, settings)
+    progress: dict[str, Any] = {}
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise JobCancelled(f"stopped by signal {signal.Signals(signum).name}")
@@ -118,10 +144,18 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
 
     def on_epoch_end(record: dict[str, Any]) -> None:
         history.append({k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
-        if registry.heartbeat(job_id, {"epoch": record["epoch"], "epochs": cfg.epochs, "history": history}):
+        progress.update(epoch=record["epoch"], epochs=cfg.epochs, history=history)
+        if registry.heartbeat(job_id, progress):
             raise JobCancelled("cancel requested")
 
     try:
+        if job.champion_tag and settings.label_audit != "off":
+            try:
+                cfg, progress["audit"] = audit_labels(cfg, job.champion_tag, settings.label_audit == "exclude")
+            except Exception as exc:  # noqa: BLE001 - an audit that fails must not cost the retrain
+                log.warning("label audit failed; training without it: %s", exc)
+                progress["audit"] = {"error": f"{type(exc).__name__}: {exc}"}
+            registry.heartbeat(job_id, progress)
         result = train(cfg, on_epoch_end=on_epoch_end)
         decision = judge(registry, settings, job, result.tag)
         registry.finish_job(job_id, "succeeded", result_tag=result.tag, decision=decision)

@@ -4,8 +4,8 @@ Methods over :mod:`service.retraining.db` tables returning the typed records of
 :mod:`service.retraining.records`; every write is one transaction. Shared by the service workers (any number,
 any replica) and the training job processes. Errors are domain errors (:mod:`service.errors`).
 
-One class of about 290 lines on purpose: the champion stack, the jobs and the feedback share its engine, its
-locking and its retry-on-outage wrapper, and every method is one short transaction.
+One class of about 320 lines on purpose: the champion stack, the jobs, the feedback and the mirror's leases
+share its engine, its locking and its retry-on-outage wrapper, and every method is one short transaction.
 """
 
 from __future__ import annotations
