@@ -157,9 +157,9 @@ class MlflowSink:
         retrying("MLflow: logging the run", lambda: self._finish(cfg, result))
 
     def _finish(self, cfg: TrainConfig, result: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Metric, Param
 
-        from .mlflow_models import register_version
+        from .mlflow_models import TAG_KEY, register_version
 
         run_id = self._run()
         for record in result["history"]:
@@ -168,8 +168,6 @@ class MlflowSink:
         params = [Param(k, str(v)[:6000]) for k, v in flat(cfg.model_dump(mode="json")).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
-        from mlflow.entities import Metric
-
         stamp = int(time.time() * 1000)
         final = scalar_metrics(result["metrics"].get("test", {}), "test_")
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in final.items()])
@@ -177,7 +175,7 @@ class MlflowSink:
         self.client.set_tag(run_id, "imgclf.task", result["task"])
         self.client.log_artifacts(run_id, str(result["report_dir"]), "report")
         if result.get("tag"):
-            self.client.set_tag(run_id, "bentoml_tag", result["tag"])
+            self.client.set_tag(run_id, TAG_KEY, result["tag"])
             register_version(self.client, cfg.name, result["tag"], run_id)
         self.client.set_terminated(run_id, "FINISHED")
 

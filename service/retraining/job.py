@@ -87,9 +87,10 @@ def compare(ours: RecordPredictions, theirs: RecordPredictions, task: str | None
 
 
 # ---------------------------------------------------------------- the label audit
-def audit_labels(cfg: TrainConfig, champion: str, exclude: bool) -> tuple[TrainConfig, dict[str, Any]]:
+def audit_labels(cfg: TrainConfig, champion: str, exclude: bool, write: bool = True) -> tuple[TrainConfig, dict]:
     """Audit the job's training labels with the champion's probabilities (it never trained on the new images);
-    the suspects go to the run's report (``audit.json``, ``audit.png``) and, with ``exclude``, out of training."""
+    the suspects go to the run's report (``audit.json``, ``audit.png``; unless ``write`` is off) and, with
+    ``exclude``, out of training. Deterministic: every rank of a distributed job finds the same suspects."""
     from training import audit
     from training.data import key_loader, load_splits
     from training.data.splits import sample_from_record
@@ -102,7 +103,9 @@ def audit_labels(cfg: TrainConfig, champion: str, exclude: bool) -> tuple[TrainC
                if (s := sample_from_record(x.key, x.label, splits.classes, index)) is not None]  # fmt: skip
     load = key_loader(splits.source, stored.preprocessing.channels)
     suspects = audit.audit_samples(stored, samples, load)
-    summary = audit.write(suspects, len(samples), cfg.run_dir / "report", load, excluded=exclude)
+    summary = {"audited": len(samples), "suspects": len(suspects), "excluded": exclude}
+    if write:
+        summary = audit.write(suspects, len(samples), cfg.run_dir / "report", load, excluded=exclude)
     log.info("label audit: %d of %d training images look mislabelled%s", len(suspects), len(samples),
              "; excluded from training" if exclude else "; reported only")  # fmt: skip
     if exclude and suspects:
@@ -121,7 +124,11 @@ def run_helper_rank(job_id: str, registry: Registry, settings: Settings) -> str:
     """A torchrun rank other than 0: train alongside rank 0, which alone records progress and decides."""
     from training import train
 
-    train(job_train_config(registry.job(job_id), settings))
+    job = registry.job(job_id)
+    cfg = job_train_config(job, settings)
+    if job.champion_tag and settings.label_audit == "exclude":  # the same training images as rank 0
+        cfg, _ = audit_labels(cfg, job.champion_tag, exclude=True, write=False)
+    train(cfg)
     return "succeeded"
 
 
