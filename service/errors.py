@@ -76,7 +76,12 @@ class RegistryUnavailable(ServiceError):
 
 
 class NotReady(ServiceError):
+    """No model is served yet (the worker is loading its first one)."""
+
     reason = "not_ready"
+
+    def __init__(self, message: str = "the model is still loading; retry shortly", reason: str | None = None):
+        super().__init__(message, reason)
 
 
 class Overloaded(ServiceError):

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.splits import Sample
+from .data.recorded import key_loader, recorded_samples
+from .data.splits import DataSplits, Sample
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,25 @@ def audit_samples(stored: Any, samples: list[Sample], load: Any) -> list[Suspect
         return []
     probs, targets = predict_samples(stored, single, load)
     return find_suspects(probs, np.asarray(targets, int), [s.key for s in single], list(stored.classes))
+
+
+@dataclass
+class Audit:
+    suspects: list[Suspect]
+    samples: list[Sample]  # what was audited: the split's images with labels in the model's classes
+    load: Any  # key -> image, for the pictures
+    flipped: set[str]  # keys whose label was flipped on purpose (a measurement), else empty
+
+
+def audit_split(stored: Any, splits: DataSplits, split: str = "train", flip: float = 0.0, seed: int = 0) -> Audit:
+    """Audit one split of ``splits`` with ``stored`` (labels matched to its classes by name); with ``flip``, that
+    fraction of the labels is changed first, to measure the audit."""
+    samples = recorded_samples(splits.split_record(), split, list(stored.classes))
+    flipped: set[str] = set()
+    if flip:
+        samples, flipped = flip_labels(samples, len(stored.classes), flip, seed)
+    load = key_loader(splits.source, stored.preprocessing.channels)
+    return Audit(audit_samples(stored, samples, load), samples, load, flipped)
 
 
 def write(suspects: list[Suspect], audited: int, out_dir: Path, load: Any, excluded: bool, show: int = 16) -> dict:

@@ -177,26 +177,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from . import audit
     from .config import DataConfig
-    from .data import key_loader, load_splits
-    from .data.splits import sample_from_record
+    from .data import load_splits
     from .store import load_model
 
-    stored = load_model(args.model)
-    splits = load_splits(DataConfig(source=args.data))
-    index = {name: i for i, name in enumerate(stored.classes)}
-    samples = [s for x in getattr(splits, args.split)
-               if (s := sample_from_record(x.key, x.label, splits.classes, index)) is not None]  # fmt: skip
-    flipped: set[str] = set()
-    if args.flip:
-        samples, flipped = audit.flip_labels(samples, len(stored.classes), args.flip, args.seed)
-    load = key_loader(splits.source, stored.preprocessing.channels)
-    suspects = audit.audit_samples(stored, samples, load)
-    summary = audit.write(suspects, len(samples), args.output, load, excluded=False)
-    if flipped:
-        found = {s.key for s in suspects} & flipped
-        summary |= {"flipped": len(flipped), "found": len(found),
-                    "precision": round(len(found) / max(len(suspects), 1), 4),
-                    "recall": round(len(found) / len(flipped), 4)}  # fmt: skip
+    result = audit.audit_split(load_model(args.model), load_splits(DataConfig(source=args.data)), args.split,
+                               args.flip, args.seed)  # fmt: skip
+    summary = audit.write(result.suspects, len(result.samples), args.output, result.load, excluded=False)
+    if result.flipped:
+        found = {s.key for s in result.suspects} & result.flipped
+        summary |= {"flipped": len(result.flipped), "found": len(found),
+                    "precision": round(len(found) / max(len(result.suspects), 1), 4),
+                    "recall": round(len(found) / len(result.flipped), 4)}  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -70,11 +70,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- train(config)
-def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None, splits: DataSplits | None = None) -> TrainResult:
     """Train, evaluate on the test split, write the report and (unless ``cfg.save`` is off) store.
 
     ``on_epoch_end`` receives each epoch's record (epoch, loss, acc, val_loss, val_acc, lr, seconds);
-    it may raise to abort (e.g. ``optuna.TrialPruned``).
+    it may raise to abort (e.g. ``optuna.TrialPruned``). ``splits``: the data already read from ``cfg.data``
+    (a retrain job's label audit read it first), else it is read here.
 
     Raises:
         training.data.splits.DatasetError: the data cannot be trained on.
@@ -83,7 +84,7 @@ def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainR
     info = init_distributed()
     tracker = RunTracker(cfg, cfg.run_dir) if info.is_main else None
     try:
-        return _train(cfg, info, on_epoch_end, tracker)
+        return _train(cfg, info, on_epoch_end, tracker, splits)
     except BaseException as exc:  # a pruned search trial, a cancelled job, a failure: the trackers say so
         if tracker is not None:
             tracker.abort(f"{type(exc).__name__}: {exc}")
@@ -92,8 +93,8 @@ def train(cfg: TrainConfig, on_epoch_end: EpochCallback | None = None) -> TrainR
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None,
-           tracker: RunTracker | None) -> TrainResult:  # fmt: skip
+def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None, tracker: RunTracker | None,
+           splits: DataSplits | None) -> TrainResult:  # fmt: skip
     started = time.monotonic()
     seed_everything(cfg.seed + info.rank)
     device = select_device(cfg, info)
@@ -102,7 +103,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None,
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    splits = data_sources.load_splits(cfg.data)
+    splits = data_sources.load_splits(cfg.data) if splits is None else splits
     summary = splits.summary()
     if info.is_main:
         log.info("data %s: %d classes, train/val/test %d/%d/%d, imbalance %.2f, %d skipped",

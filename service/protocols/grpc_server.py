@@ -135,7 +135,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @observed
     async def ModelInfer(self, request, context):
         if not self.path.ready:
-            raise NotReady("the model is still loading; retry shortly")
+            raise NotReady()
         with self.path.arriving():
             resp = await oip.infer(self.path, from_proto(request, self.path.admit))
         return to_proto(resp)

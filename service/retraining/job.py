@@ -87,31 +87,30 @@ def compare(ours: RecordPredictions, theirs: RecordPredictions, task: str | None
 
 
 # ---------------------------------------------------------------- the label audit
-def audit_labels(cfg: TrainConfig, champion: str, exclude: bool, write: bool = True) -> tuple[TrainConfig, dict]:
+def audit_labels(cfg: TrainConfig, champion: str, exclude: bool, write: bool = True) -> tuple[TrainConfig, Any, dict]:
     """Audit the job's training labels with the champion's probabilities (it never trained on the new images);
     the suspects go to the run's report (``audit.json``, ``audit.png``; unless ``write`` is off) and, with
-    ``exclude``, out of training. Deterministic: every rank of a distributed job finds the same suspects."""
+    ``exclude``, out of training. Returns the config (recording what was excluded), the data as read (training
+    goes on with it rather than reading it again) and the summary. Deterministic: every rank of a distributed
+    job finds the same suspects."""
     from training import audit
-    from training.data import key_loader, load_splits
-    from training.data.splits import sample_from_record
+    from training.data import load_splits
+    from training.data.assemble import exclude as exclude_keys
     from training.store import load_model
 
-    stored = load_model(champion)
     splits = load_splits(cfg.data)
-    index = {name: i for i, name in enumerate(stored.classes)}
-    samples = [s for x in splits.train
-               if (s := sample_from_record(x.key, x.label, splits.classes, index)) is not None]  # fmt: skip
-    load = key_loader(splits.source, stored.preprocessing.channels)
-    suspects = audit.audit_samples(stored, samples, load)
-    summary = {"audited": len(samples), "suspects": len(suspects), "excluded": exclude}
+    result = audit.audit_split(load_model(champion), splits)
+    suspects, audited = result.suspects, len(result.samples)
+    summary = {"audited": audited, "suspects": len(suspects), "excluded": exclude}
     if write:
-        summary = audit.write(suspects, len(samples), cfg.run_dir / "report", load, excluded=exclude)
-    log.info("label audit: %d of %d training images look mislabelled%s", len(suspects), len(samples),
+        summary = audit.write(suspects, audited, cfg.run_dir / "report", result.load, excluded=exclude)
+    log.info("label audit: %d of %d training images look mislabelled%s", len(suspects), audited,
              "; excluded from training" if exclude else "; reported only")  # fmt: skip
     if exclude and suspects:
-        data = cfg.data.model_copy(update={"exclude": [s.key for s in suspects]})
-        cfg = cfg.model_copy(update={"data": data})
-    return cfg, summary
+        keys = [s.key for s in suspects]
+        exclude_keys(splits, keys)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"exclude": keys})})
+    return cfg, splits, summary
 
 
 # ---------------------------------------------------------------- the job process
@@ -126,9 +125,10 @@ def run_helper_rank(job_id: str, registry: Registry, settings: Settings) -> str:
 
     job = registry.job(job_id)
     cfg = job_train_config(job, settings)
+    splits = None
     if job.champion_tag and settings.label_audit == "exclude":  # the same training images as rank 0
-        cfg, _ = audit_labels(cfg, job.champion_tag, exclude=True, write=False)
-    train(cfg)
+        cfg, splits, _ = audit_labels(cfg, job.champion_tag, exclude=True, write=False)
+    train(cfg, splits=splits)
     return "succeeded"
 
 
@@ -142,6 +142,7 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
     job = registry.job(job_id)
     cfg = job_train_config(job, settings)
     progress: dict[str, Any] = {}
+    splits = None  # read by the label audit, then trained on as they are
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise JobCancelled(f"stopped by signal {signal.Signals(signum).name}")
@@ -158,12 +159,13 @@ def run_job(job_id: str, registry: Registry, settings: Settings) -> str:
     try:
         if job.champion_tag and settings.label_audit != "off":
             try:
-                cfg, progress["audit"] = audit_labels(cfg, job.champion_tag, settings.label_audit == "exclude")
+                cfg, splits, progress["audit"] = audit_labels(cfg, job.champion_tag,
+                                                              settings.label_audit == "exclude")  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - an audit that fails must not cost the retrain
                 log.warning("label audit failed; training without it: %s", exc)
                 progress["audit"] = {"error": f"{type(exc).__name__}: {exc}"}
             registry.heartbeat(job_id, progress)
-        result = train(cfg, on_epoch_end=on_epoch_end)
+        result = train(cfg, on_epoch_end=on_epoch_end, splits=splits)
         decision = judge(registry, settings, job, result.tag)
         registry.finish_job(job_id, "succeeded", result_tag=result.tag, decision=decision)
         return "succeeded"

@@ -51,6 +51,8 @@ class MlflowMirror:
     def flush(self) -> int:
         """Write the events MLflow does not have yet; returns how many. Never raises (a periodic task)."""
         try:
+            if not self.registry.unmirrored_events(self.model_name, limit=1):
+                return 0  # the usual case: a read, no write, no MLflow call
             if not self.registry.lease(f"mlflow-mirror:{self.model_name}", self.holder, self.lease_seconds):
                 return 0
             events = self.registry.unmirrored_events(self.model_name)

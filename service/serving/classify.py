@@ -113,18 +113,19 @@ class ClassifyPath:
         served = self.current()
         return served.classifier if served else None
 
+    def _served(self) -> Served:
+        served = self.current()
+        if served is None:
+            raise NotReady()
+        return served
+
     def require(self) -> Classifier:
-        clf = self.classifier
-        if clf is None:
-            raise NotReady("the model is still loading; retry shortly")
-        return clf
+        return self._served().classifier
 
     @contextlib.contextmanager
     def _use(self) -> Iterator[Served]:
         """The model this request runs on from start to end, whatever swaps meanwhile."""
-        served = self.current()
-        if served is None:
-            raise NotReady("the model is still loading; retry shortly")
+        served = self._served()
         served.in_flight += 1
         try:
             yield served

@@ -82,7 +82,7 @@ class ModelFollower:
 
     def require(self) -> Classifier:
         if self.served is None:
-            raise NotReady("the model is still loading; retry shortly")
+            raise NotReady()
         return self.served.classifier
 
     def load(self) -> None:

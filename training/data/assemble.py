@@ -50,12 +50,18 @@ def load_splits(cfg: DataConfig) -> DataSplits:
     for s in splits.skipped:
         log.warning("skipped %s: %s", s.key, s.reason)
     if cfg.exclude:  # after the warnings: the audit's own report lists them
-        excluded = set(cfg.exclude)
-        reason = "excluded: the label audit found its label improbable"
-        splits.skipped += [Skipped(s.key, reason) for s in splits.train if s.key in excluded]
-        before, splits.train = len(splits.train), [s for s in splits.train if s.key not in excluded]
-        log.info("%d training images excluded by the label audit", before - len(splits.train))
+        exclude(splits, cfg.exclude)
     check_trainable(splits, cfg.source)
+    return splits
+
+
+def exclude(splits: DataSplits, keys: list[str]) -> DataSplits:
+    """Keep ``keys`` out of the training split (the label audit's suspects), listing them as skipped."""
+    excluded = set(keys)
+    reason = "excluded: the label audit found its label improbable"
+    splits.skipped += [Skipped(s.key, reason) for s in splits.train if s.key in excluded]
+    before, splits.train = len(splits.train), [s for s in splits.train if s.key not in excluded]
+    log.info("%d training images excluded by the label audit", before - len(splits.train))
     return splits
 
 
