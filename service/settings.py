@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     abstain_below: float | None = Field(
         None, gt=0, lt=1, description="Answer with abstained=true when the (calibrated) top score is below this."
     )
+    drift_sample: float = Field(
+        0.5, ge=0, le=1, description="Share of served images the drift monitor samples into its window (0: off)."
+    )
     agreement_threshold: float = Field(0.995, gt=0, le=1, description="bf16/int8 top-1 agreement needed.")
     agreement_samples: int = Field(1000, ge=10, description="Test images used for the agreement check.")
     access_log: bool = Field(True, description="Log every request (BentoML's access log).")
@@ -115,7 +118,7 @@ class Settings(BaseSettings):
     def inference(self) -> InferenceOptions:
         """What the predictor needs of these settings."""
         return InferenceOptions(self.runtime, self.max_batch_size, self.threads, self.workers, self.max_pixels,
-                                self.agreement_threshold, self.agreement_samples)  # fmt: skip
+                                self.agreement_threshold, self.agreement_samples, self.drift_sample)  # fmt: skip
 
     def allowed_roots(self) -> list[Path]:
         return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]

@@ -11,6 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from service.inference.answers import Verdict
+    from service.inference.drift import DriftStatus
     from service.retraining.records import Job
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,6 +58,17 @@ FEEDBACK = Counter("imgclf_feedback_samples_total", "Feedback images collected (
 GRPC_REQUESTS = Counter("imgclf_grpc_requests_total", "gRPC calls, by method and status code.", ["method", "code"])
 GRPC_SECONDS = Histogram("imgclf_grpc_request_seconds", "gRPC call latency, by method.", ["method"],
                          buckets=LATENCY_BUCKETS)  # fmt: skip
+DRIFT_SCORE = Gauge("imgclf_drift_score", "Drift statistic of the live window over its calibrated threshold "
+                    "(1 is the alarm line; 0 until the window is full).", multiprocess_mode="livemax")  # fmt: skip
+DRIFT_DETECTED = Gauge("imgclf_drift_detected", "1 while a worker's live window differs from the model's reference.",
+                       multiprocess_mode="livemax")  # fmt: skip
+DRIFT_P_VALUE = Gauge("imgclf_drift_p_value", "p-value of the live window against the reference (1 until full).",
+                      multiprocess_mode="livemin")  # fmt: skip
+DRIFT_CLASS_SHIFT = Gauge("imgclf_drift_class_shift", "Total variation between the live window's and the "
+                          "reference's predicted-class frequencies (0..1).", multiprocess_mode="livemax")  # fmt: skip
+DRIFT_CONFIDENCE = Gauge("imgclf_drift_mean_confidence", "Mean top-1 score: of the live window, and of the "
+                         "validation split the reference was taken on.", ["sample"],
+                         multiprocess_mode="livemin")  # fmt: skip
 PROCESS_CPU = Counter("imgclf_process_cpu_seconds_total", "CPU time of the worker processes (user + system).")
 PROCESS_RSS = Gauge("imgclf_process_resident_memory_bytes", "Resident memory of each worker process.",
                     multiprocess_mode="liveall")  # fmt: skip
@@ -117,6 +129,16 @@ def observe_job(job: Job) -> None:
         PROMOTIONS.labels("promoted" if decision.promoted else "passed" if decision.promote else "refused").inc()
         if decision.challenger_score is not None:
             CHALLENGER_ACCURACY.labels(job.model_name).set(decision.challenger_score)
+
+
+def set_drift(status: DriftStatus | None) -> None:
+    """This worker's drift status (None: no monitor, e.g. a model stored before drift references)."""
+    DRIFT_SCORE.set(status.score if status else 0)
+    DRIFT_DETECTED.set(int(status.detected) if status else 0)
+    DRIFT_P_VALUE.set(status.p_value if status else 1)
+    DRIFT_CLASS_SHIFT.set(status.class_shift if status else 0)
+    DRIFT_CONFIDENCE.labels("live").set(status.mean_confidence if status else 0)
+    DRIFT_CONFIDENCE.labels("reference").set(status.reference_confidence if status else 0)
 
 
 _cpu_seen = [0.0]

@@ -37,7 +37,13 @@ def fp32_max_difference(tag: str, name: str) -> float:
 
     stored = load_model(tag)
     reference, other = build_runtime("torch", stored, threads=1), build_runtime(name, stored, threads=1)
-    return max(float(np.abs(other(x) - reference(x)).max()) for x in split_batches(tag, "test"))
+    differences = []
+    for x in split_batches(tag, "test"):
+        (logits, embedding), (ref_logits, ref_embedding) = other.with_embedding(x), reference.with_embedding(x)
+        assert logits.shape == (len(x), len(stored.classes)) and embedding.shape == ref_embedding.shape
+        np.testing.assert_array_equal(other(x), logits)
+        differences += [np.abs(logits - ref_logits).max(), np.abs(embedding - ref_embedding).max()]
+    return float(max(differences))
 
 
 def auto_choice(tag: str) -> dict[str, Any]:
@@ -92,7 +98,7 @@ def test_the_recorded_splits_are_read_back_as_batches(trained_model):
 
 
 @pytest.mark.parametrize("name", ["onnx", "openvino", pytest.param("torch-cuda", marks=needs_cuda)])
-def test_fp32_runtimes_give_torch_s_scores(trained_model, name):
+def test_fp32_runtimes_give_torch_s_logits_and_embeddings(trained_model, name):
     assert in_child(fp32_max_difference, trained_model[0], name) < 1e-4
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .models import train_mode
+from .models import forward_with_embedding, train_mode
 
 
 @dataclass
@@ -117,14 +117,24 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: torch.utils.data.DataLoader, rt: Execution, desc: str = "eval", progress: bool = True
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    rt: Execution,
+    desc: str = "eval",
+    progress: bool = True,
+    embeddings: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``model`` over ``loader``: (logits as float32 (N, C), targets (N,))."""
+    """Run ``model`` over ``loader``: (logits as float32 (N, C), targets (N,)); with ``embeddings`` (a list to
+    fill) the penultimate-layer embedding of every batch is appended to it, from the same pass."""
     model.eval()
     outs, targets = [], []
     for x, y in _progress(loader, len(loader), desc, progress):
         with rt.autocast():
-            logits = model(rt.to_input(x))
+            if embeddings is None:
+                logits = model(rt.to_input(x))
+            else:
+                logits, embedding = forward_with_embedding(model, rt.to_input(x))
+                embeddings.append(embedding.float().cpu().numpy())
         outs.append(logits.float().cpu())
         targets.append(y)
     if not outs:

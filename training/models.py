@@ -53,9 +53,36 @@ class ScratchCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x).flatten(1)
+        return x if pre_logits else self.classifier(self.head_drop(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x)).flatten(1)
-        return self.classifier(self.head_drop(x))
+        return self.forward_head(self.forward_features(x))
+
+
+def forward_with_embedding(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, penultimate-layer embedding) in one pass: timm's ``forward_features`` then ``forward_head``
+    with and without ``pre_logits`` (the pooled features the classifier reads). A network without that
+    split gives its logits as its embedding."""
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        features = model.forward_features(x)
+        return model.forward_head(features), model.forward_head(features, pre_logits=True).flatten(1)
+    logits = model(x)
+    return logits, logits
+
+
+class WithEmbedding(nn.Module):
+    """What the serving runtimes export: ``(N, classes + embedding)``, the logits first, so one graph gives
+    the answer and what the drift monitor watches (``InferenceRuntime.with_embedding`` takes them apart)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, embedding = forward_with_embedding(self.model, x)
+        return torch.cat([logits, embedding.to(logits.dtype)], dim=1)
 
 
 def model_kwargs(

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import autotune, store
+from . import autotune, drift, store
 from . import calibration as calibrate
 from . import data as data_sources
 from . import report as reports
@@ -281,7 +282,8 @@ def _evaluate_and_save(
     val_loader, test_loader = loaders
     run_dir = cfg.run_dir
 
-    val_logits, val_targets = predict(final, val_loader, rt, desc="val")
+    val_embeddings: list[np.ndarray] = []
+    val_logits, val_targets = predict(final, val_loader, rt, desc="val", embeddings=val_embeddings)
     test_logits, test_targets = predict(final, test_loader, rt, desc="test")
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +300,10 @@ def _evaluate_and_save(
     if spec.calibration is not None:
         calibration = calibrate.summary(spec.calibration, uncalibrated, test_scores, test_targets, spec.multilabel)
         reports.plot_reliability(calibration, report_dir / "calibration.png")
+    drift_reference = None
+    if val_embeddings:  # what the drift monitor compares live traffic with (training/drift.py)
+        drift_reference = drift.fit_reference(np.concatenate(val_embeddings), spec.activate(val_logits),
+                                              seed=cfg.seed)  # fmt: skip
     metrics = {"test": spec.metrics(test_targets, test_scores, cfg.top_k),
                "val": spec.metrics(val_targets, spec.activate(val_logits), cfg.top_k)}  # fmt: skip
     metrics["val"].pop("confusion_matrix", None)
@@ -318,6 +324,7 @@ def _evaluate_and_save(
         "name": cfg.name, "architecture": cfg.model.name, "classes": splits.classes, **spec.metadata(),
         "best_epoch": best_epoch, "train_seconds": run.train_seconds, "run": run.to_dict(),
         "history": history, "metrics": metrics, "data": summary, "calibration": calibration,
+        "drift": drift_reference.summary() if drift_reference else None,
         "preprocessing": pp.model_dump(mode="json"), "runtime": {"device": str(rt.device),
         "precision": str(rt.amp_dtype or "fp32"), "channels_last": rt.channels_last, "world_size": info.world_size},
         "report_dir": str(report_dir),
@@ -329,7 +336,7 @@ def _evaluate_and_save(
             cfg.name, final, architecture=cfg.model.name, model_kwargs=kwargs, classes=splits.classes,
             preprocessing=pp, metrics=_metric_summary(metrics, best_epoch, run.train_seconds),
             config=cfg.model_dump(mode="json"), fingerprint=summary["fingerprint"],
-            split=splits.split_record(), report_dir=report_dir,
+            split=splits.split_record(), report_dir=report_dir, drift=drift_reference,
             labels={"architecture": cfg.model.name.replace("/", "_")[:63], "task": spec.kind},
             extra_metadata={**spec.metadata(), "training": run.to_dict()},
         )  # fmt: skip

@@ -22,6 +22,7 @@ import torchvision
 import yaml
 from torch import nn
 
+from .drift import DRIFT_FILE, DriftReference
 from .models import build_model
 from .stored import REPORT_DIR, SPLIT_FILE, StoredModel
 from .transforms import Preprocessing
@@ -62,6 +63,7 @@ def save_model(
     report_dir: Path | None = None,
     labels: dict[str, str] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    drift: DriftReference | None = None,
 ) -> bentoml.Model:
     """Write a new version of ``name`` to the store, atomically.
 
@@ -94,6 +96,8 @@ def save_model(
             (out / SPLIT_FILE).write_text(json.dumps(split))
         if report_dir is not None and report_dir.is_dir():
             shutil.copytree(report_dir, out / REPORT_DIR)
+        if drift is not None:
+            drift.save(out / DRIFT_FILE)
     log.info("saved %s to the model store", bento_model.tag)
     return get(str(bento_model.tag))  # the stored copy (the object above points at the build folder)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from .drift import DRIFT_FILE, DriftReference
 from .transforms import Preprocessing
 
 SPLIT_FILE = "split.json"
@@ -39,3 +40,8 @@ class StoredModel:
     def split(self) -> dict[str, Any] | None:
         f = self.path / SPLIT_FILE
         return json.loads(f.read_text()) if f.is_file() else None
+
+    def drift_reference(self) -> DriftReference | None:
+        """What the drift monitor compares live embeddings with (models trained before it have none)."""
+        f = self.path / DRIFT_FILE
+        return DriftReference.load(f) if f.is_file() else None

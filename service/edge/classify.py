@@ -79,4 +79,5 @@ def model_info(clf: Classifier) -> ModelInfo:
                      created=clf.stored.created, runtime=clf.runtime_report, worker_pid=os.getpid(),
                      dataset_fingerprint=meta.get("dataset_fingerprint"), training=meta.get("training"),
                      calibration=meta.get("calibration"),
+                     drift=clf.drift.status.to_dict() if clf.drift else None,
                      report_pictures=pictures)  # fmt: skip

@@ -88,6 +88,10 @@ class ModelInfo(BaseModel):
     calibration: dict[str, Any] | None = Field(
         None, description="How the served scores are calibrated (temperature, or per-label Platt) and its effect."
     )
+    drift: dict[str, Any] | None = Field(
+        None, description="This worker's drift monitor: the live window's statistic against the model's reference, "
+        "its threshold and p-value, the class-distribution shift and mean confidence (none: no reference stored).",
+    )  # fmt: skip
     training: dict[str, Any] | None = Field(
         None,
         description="How the run went: epochs planned and run, why it stopped, its measured precision, and a "

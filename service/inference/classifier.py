@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.inference.drift import DriftMonitor
 from service.inference.options import InferenceOptions
 from service.inference.runtimes import InferenceRuntime
 from service.inference.selection import choose_runtime
@@ -34,6 +35,7 @@ class Classifier:
     max_pixels: int
     runtime_report: dict = field(default_factory=dict)
     load_seconds: float = 0.0
+    drift: DriftMonitor | None = None  # watches every batch's embeddings once set
 
     def __post_init__(self) -> None:
         self.task = TaskSpec.from_metadata(self.stored.metadata)
@@ -60,7 +62,13 @@ class Classifier:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Scores (N, C) for a preprocessed float32 batch (N, C, H, W): probabilities, or sigmoids (multi-label)."""
-        return self.task.activate(self.runtime(np.ascontiguousarray(batch, dtype=np.float32)))
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.drift is None:
+            return self.task.activate(self.runtime(x))
+        logits, embedding = self.runtime.with_embedding(x)
+        scores = self.task.activate(logits)
+        self.drift.observe(embedding, scores)
+        return scores
 
 
 def build_classifier(
@@ -75,6 +83,9 @@ def build_classifier(
     warm = np.zeros((options.max_batch_size, *clf.input_shape), np.float32)
     clf.infer(warm)
     clf.infer(warm[:1])
+    reference = stored.drift_reference() if options.drift_sample > 0 else None
+    if reference is not None:  # after the warm-up: zeros are not traffic
+        clf.drift = DriftMonitor(reference, options.drift_sample)
     clf.load_seconds = time.perf_counter() - start
     log.info("%s runs on %s (%.1fs to choose and warm up)", stored.tag, runtime.name, clf.load_seconds)
     return clf

@@ -14,3 +14,4 @@ class InferenceOptions:
     max_pixels: int = 40_000_000  # largest accepted image (width x height)
     agreement_threshold: float = 0.995  # reduced precision must agree with fp32 on this share of decisions
     agreement_samples: int = 1000  # recorded test images the agreement is measured on
+    drift_sample: float = 0.5  # share of served images the drift monitor samples (0: no monitor)

@@ -1,4 +1,6 @@
-"""Inference runtimes behind one interface: ``runtime(batch NCHW float32) -> logits (N, C) float32``.
+"""Inference runtimes behind one interface: ``runtime(batch NCHW float32) -> logits (N, C) float32``, and
+``runtime.with_embedding(batch)`` for the logits and the penultimate-layer embedding from the same pass (the
+drift monitor watches those). Every runtime runs :class:`~training.models.WithEmbedding` around the network.
 
 torch eager (the baseline), torch bf16 + channels-last, ONNX Runtime, OpenVINO (fp32, bf16, int8), and on a
 GPU torch CUDA (fp32, fp16, bf16).
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from training._env import bentoml_home
+from training.models import WithEmbedding
 from training.stored import StoredModel
 
 log = logging.getLogger(__name__)
@@ -33,12 +36,19 @@ REDUCED_PRECISION = ("torch-bf16", "openvino-bf16", "openvino-int8", "torch-cuda
 
 @dataclass
 class InferenceRuntime:
+    """``run(batch) -> (N, classes + embedding)``: the logits in the first ``classes`` columns."""
+
     name: str
     run: Callable[[np.ndarray], np.ndarray]
     info: dict = field(default_factory=dict)
+    classes: int = 0  # set by build_runtime from the stored model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(batch)
+        return self.run(batch)[:, : self.classes]
+
+    def with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.run(batch)
+        return out[:, : self.classes], out[:, self.classes :]
 
 
 def export_dir(stored: StoredModel) -> Path:
@@ -66,7 +76,7 @@ def _example(stored: StoredModel, batch: int = 2) -> torch.Tensor:
 # ---------------------------------------------------------------- torch
 def torch_runtime(model: nn.Module, bf16: bool, threads: int) -> InferenceRuntime:
     torch.set_num_threads(threads)
-    model = model.eval().to(memory_format=torch.channels_last)
+    model = WithEmbedding(model).eval().to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
@@ -87,7 +97,7 @@ def cuda_runtime(model: nn.Module, name: str) -> InferenceRuntime:
     if dtype is torch.float32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    model = model.eval().to("cuda", dtype=dtype, memory_format=torch.channels_last)
+    model = WithEmbedding(model).eval().to("cuda", dtype=dtype, memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
@@ -100,13 +110,14 @@ def cuda_runtime(model: nn.Module, name: str) -> InferenceRuntime:
 
 # ---------------------------------------------------------------- ONNX Runtime
 def export_onnx(stored: StoredModel) -> Path:
-    out = export_dir(stored) / "model.onnx"
+    out = export_dir(stored) / "network.onnx"
     with locked(out.parent):
         if not out.is_file():
             tmp = out.with_suffix(".tmp.onnx")
             torch.onnx.export(
-                stored.model.eval(), (_example(stored),), str(tmp), input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+                WithEmbedding(stored.model).eval(), (_example(stored),), str(tmp), input_names=["input"],
+                output_names=["outputs"], dynamic_axes={"input": {0: "batch"}, "outputs": {0: "batch"}},
+                opset_version=17, dynamo=False,
             )  # fmt: skip
             tmp.replace(out)
     return out
@@ -132,11 +143,11 @@ def export_openvino(stored: StoredModel, calibration: Callable[[], Iterator[np.n
     """OpenVINO IR (fp32 weights); with ``calibration``, the NNCF int8-quantised IR instead."""
     import openvino as ov
 
-    name = "model-int8.xml" if calibration else "model.xml"
+    name = "network-int8.xml" if calibration else "network.xml"
     out = export_dir(stored) / name
     with locked(out.parent):
         if not out.is_file():
-            ov_model = ov.convert_model(stored.model.eval(), example_input=_example(stored))
+            ov_model = ov.convert_model(WithEmbedding(stored.model).eval(), example_input=_example(stored))
             if calibration is not None:
                 import nncf
 
@@ -177,6 +188,13 @@ def bf16_supported() -> bool:
 def build_runtime(name: str, stored: StoredModel, threads: int,
                   calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> InferenceRuntime:  # fmt: skip
     """Build one runtime by name. Raises ValueError for a runtime this machine cannot run."""
+    runtime = _build(name, stored, threads, calibration)
+    runtime.classes = len(stored.classes)
+    return runtime
+
+
+def _build(name: str, stored: StoredModel, threads: int,
+           calibration: Callable[[], Iterator[np.ndarray]] | None) -> InferenceRuntime:  # fmt: skip
     if name in ("torch-bf16", "openvino-bf16") and not bf16_supported():
         raise ValueError(f"{name} needs a CPU with bf16 support")
     if name in CUDA_RUNTIMES:

@@ -47,4 +47,10 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
     path = ClassifyPath(settings.model_name, lambda: follower.served, admission, arrivals, settings.default_top_k,
                         settings.low_confidence, settings.abstain_below)  # fmt: skip
-    return Worker(follower, path, Periodic(settings.registry_poll_seconds, [follower.poll]))
+    telemetry.set_drift(None)  # the drift series exist from start-up
+
+    def check_drift() -> None:
+        monitor = path.classifier.drift if path.classifier else None
+        telemetry.set_drift(monitor.check() if monitor else None)
+
+    return Worker(follower, path, Periodic(settings.registry_poll_seconds, [follower.poll, check_drift]))
