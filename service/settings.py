@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.inference.options import InferenceOptions
+from service.retraining.records import RetrainPolicies
 from training._env import REPO_ROOT
 
 Runtime = Literal[
@@ -92,6 +93,20 @@ class Settings(BaseSettings):
         "report", description="Before a retrain, audit its training labels with the champion (confident learning): "
         "list the suspects in the job's report, or also keep them out of training.",
     )  # fmt: skip
+    retrain_policies: RetrainPolicies = Field(
+        default_factory=RetrainPolicies,
+        description="When to retrain without a person, as JSON, e.g. '{\"drift_minutes\": 30}' (all off by "
+        "default; PUT /policies overrides them at run time for every worker).",
+    )  # fmt: skip
+    capture: list[Literal["low_confidence", "near_tie", "drift", "random"]] = Field(
+        default_factory=list, description="Keep live images worth labelling, for these reasons (none: off), e.g. "
+        "'[\"low_confidence\", \"near_tie\", \"drift\"]'; only the image is kept, never the request's headers.",
+    )  # fmt: skip
+    capture_sample: float = Field(0.1, ge=0, le=1, description="Share of qualifying images kept.")
+    capture_dir: Path = Field(REPO_ROOT / "data" / "capture", description="Where captured images are kept.")
+    capture_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Disk quota of the captured images.")
+    capture_retention_hours: float = Field(24 * 14, gt=0, description="Captures older than this are deleted.")
+    near_tie_margin: float = Field(0.1, gt=0, lt=1, description="Top-1 minus top-2 score below which it is a tie.")
     gate_tolerance: float = Field(0.01, ge=0, le=1, description="Challenger accuracy may trail by this much.")
     gate_max_recall_drop: float = Field(
         0.05, ge=0, le=1, description="Largest allowed per-class recall drop (multi-label: per-label AP drop)."
@@ -118,7 +133,8 @@ class Settings(BaseSettings):
     def inference(self) -> InferenceOptions:
         """What the predictor needs of these settings."""
         return InferenceOptions(self.runtime, self.max_batch_size, self.threads, self.workers, self.max_pixels,
-                                self.agreement_threshold, self.agreement_samples, self.drift_sample)  # fmt: skip
+                                self.agreement_threshold, self.agreement_samples, self.drift_sample,
+                                self.low_confidence)  # fmt: skip
 
     def allowed_roots(self) -> list[Path]:
         return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]

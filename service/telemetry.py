@@ -49,6 +49,11 @@ CHAMPION_INFO = Gauge("imgclf_champion_info", "The registry's champion for the s
 RETRAIN_JOBS = Counter("imgclf_retrain_jobs_total", "Retraining jobs ended, by final status.", ["status"])
 RETRAIN_SECONDS = Histogram("imgclf_retrain_job_duration_seconds", "Wall time of ended retraining jobs.",
                             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400))  # fmt: skip
+RETRAIN_TRIGGERS = Counter("imgclf_retrain_triggers_total", "Retrain jobs started by a policy, by policy.",
+                           ["policy"])  # fmt: skip
+CAPTURED = Counter("imgclf_captured_images_total", "Live images kept for labelling, by reason.", ["reason"])
+CAPTURE_DROPPED = Counter("imgclf_capture_dropped_total", "Captures not kept: busy writer, disk quota, error.",
+                          ["why"])  # fmt: skip
 PROMOTIONS = Counter("imgclf_promotions_total", "Champion decisions: promoted, refused, manual, rollback.",
                      ["decision"])  # fmt: skip
 CHALLENGER_ACCURACY = Gauge("imgclf_last_challenger_accuracy",

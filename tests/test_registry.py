@@ -178,3 +178,24 @@ def test_a_challenger_judged_against_one_champion_never_replaces_another(registr
         registry.promote("m", "m:v3", "passed the gate against v1", replacing="m:v1")
     assert err.value.reason == "champion_changed" and registry.champion("m") == "m:v2"
     assert registry.promote("m", "m:v3", "passed the gate against v2", replacing="m:v2").tag == "m:v3"
+
+
+def test_policies_jobs_and_feedback_the_autopilot_reads(registry):
+    """Policies set at run time round-trip, jobs remember their trigger, and feedback counts from a time."""
+    assert registry.policies("m") is None and registry.last_job_at("m") is None
+    registry.set_policies("m", {"feedback_labels": 3})
+    registry.set_policies("m", {"drift_minutes": 5})
+    assert registry.policies("m") == {"drift_minutes": 5}
+    registry.set_policies("m", None)
+    assert registry.policies("m") is None
+    registry.add_feedback("m", "a" * 64, "red", "/f/a.png")
+    trigger = {"policy": "feedback", "reason": "1 label", "evidence": {"new_feedback": 1}}
+    job = registry.create_job("m", "local", {}, {}, trigger=trigger)
+    assert job.trigger is not None and job.trigger.model_dump() == trigger
+    since = registry.last_job_at("m")
+    assert since is not None and since.tzinfo is not None
+    assert registry.feedback_since("m", None) == 1 and registry.feedback_since("m", since) == 0
+    registry.add_feedback("m", "b" * 64, "blue", "/f/b.png")
+    assert registry.feedback_since("m", since) == 1
+    registry.ensure_champion("m", "m:v1")
+    assert registry.champion_since("m") is not None

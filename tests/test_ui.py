@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import LEARNED, TOY, TOY_GATE, colour_image, encode, make_folder_dataset, stored_top1, train_to_criterion
 
@@ -28,7 +29,8 @@ def site(tmp_path_factory):
     env = dict(IMGCLF_MODEL_NAME="ui-demo", IMGCLF_ADMIN_TOKEN=TOKEN, IMGCLF_RUNTIME="torch", **TOY_GATE,
                IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_DATA_ROOTS=f'["{data}"]',
                IMGCLF_FEEDBACK_DIR=str(data / "feedback"), IMGCLF_JOBS_DIR=str(root / "jobs"),
-               IMGCLF_DATABASE_URL=f"sqlite:///{root / 'registry.db'}")  # fmt: skip
+               IMGCLF_DATABASE_URL=f"sqlite:///{root / 'registry.db'}", IMGCLF_CAPTURE='["random"]',
+               IMGCLF_CAPTURE_SAMPLE="1", IMGCLF_CAPTURE_DIR=str(root / "capture"))  # fmt: skip
     server = Server(env, root / "serve.log").start()
     images = root / "images"
     images.mkdir()
@@ -129,6 +131,44 @@ def test_bad_token_is_worded_by_the_service(site, browser):
     page.click("#token-form button")
     page.wait_for_selector("#token-state:has-text('the admin token is not valid')")
     assert page.locator("#ops-body").is_hidden()
+
+
+def test_labelling_queue_by_keyboard(site, browser, tmp_path):
+    """Captured images (every one here: IMGCLF_CAPTURE=random) are labelled with one key each; a label
+    becomes feedback."""
+    server, _, _ = site
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    for seed in (21, 22):
+        image = encode(colour_image((128, 100 + seed, 90), 32, seed=seed))
+        assert httpx.post(server.base + "/classify", files={"image": ("x.png", image)}).status_code == 200
+    before = httpx.get(server.base + "/captures", headers=admin).json()
+    feedback_before = sum(httpx.get(server.base + "/models", headers=admin).json()["feedback"].values())
+    assert before["counts"]["pending"] >= 2
+    page = browser.new_page()
+    page.goto(server.base + "/ui")
+    page.click("#tab-label")
+    page.wait_for_selector("#label-state:has-text('admin token')")
+    page.click("#tab-ops")
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    page.wait_for_selector("#token-state:has-text('signed in')")
+    page.click("#tab-label")
+    page.wait_for_selector("#label-caption:has-text('answered')")
+    page.wait_for_function("document.querySelector('#label-image').naturalWidth > 0")  # fetched with the token
+    first = before["items"][0]
+    assert (
+        first["sha256"] in page.evaluate("queue.current.sha256") and page.locator("#label-choices button").count() == 3
+    )
+    shot(page, tmp_path, "ui-label.png")
+    page.keyboard.press("1")
+    page.wait_for_selector(f"#label-last:has-text('labelled {before['classes'][0]}')")
+    page.keyboard.press("s")
+    page.wait_for_selector("#label-last:has-text('skipped')")
+    after = httpx.get(server.base + "/captures", headers=admin).json()["counts"]
+    assert after["labelled"] == before["counts"].get("labelled", 0) + 1
+    assert after["skipped"] == before["counts"].get("skipped", 0) + 1
+    assert sum(httpx.get(server.base + "/models", headers=admin).json()["feedback"].values()) >= feedback_before
+    assert httpx.get(server.base + "/captures").status_code in (401, 403)  # the queue needs the token
 
 
 def test_phone_sized_and_keyboard(site, browser, tmp_path):

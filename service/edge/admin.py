@@ -1,4 +1,5 @@
-"""Admin routes: retrain, jobs, promotion, rollback, feedback. All need the bearer token.
+"""Admin routes: retrain, jobs, promotion, rollback, retrain policies, the labelling queue, feedback. All need
+the bearer token.
 
 The token comes from settings (``IMGCLF_ADMIN_TOKEN`` or a mounted file); it is compared in
 constant time and never logged. Without one, the routes are closed unless ``IMGCLF_DEV_MODE``.
@@ -10,21 +11,25 @@ import hmac
 from collections.abc import Callable
 from http import HTTPStatus
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import FileResponse
 
 from service.edge.parsing import file_bytes, read_form
 from service.edge.schemas import (
+    CapturesResponse,
     FeedbackResponse,
     JobAccepted,
     JobInfo,
+    LabelRequest,
     ModelsResponse,
+    PoliciesResponse,
     PromoteRequest,
     RollbackRequest,
     error_responses,
 )
 from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.retraining.operations import Operations
-from service.retraining.records import ChampionEvent, Job, RetrainRequest
+from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest
 
 ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
                                HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
@@ -93,6 +98,33 @@ def create_admin_router(get_ops: Callable[[], Operations]) -> APIRouter:
     @router.post("/models/rollback", response_model=ChampionEvent, summary="Serve the previous champion again")
     def rollback(body: RollbackRequest | None = None, ops: Operations = Admin) -> ChampionEvent:
         return ops.rollback((body or RollbackRequest()).reason)
+
+    @router.get("/policies", response_model=PoliciesResponse, summary="The retrain policies and their signals")
+    def policies(ops: Operations = Admin) -> dict:
+        return ops.policies()
+
+    @router.put("/policies", response_model=PoliciesResponse,
+                summary="Set the retrain policies for every worker (overrides IMGCLF_RETRAIN_POLICIES)")  # fmt: skip
+    def set_policies(body: RetrainPolicies, ops: Operations = Admin) -> dict:
+        return ops.set_policies(body)
+
+    @router.delete("/policies", response_model=PoliciesResponse, summary="Back to the settings' retrain policies")
+    def reset_policies(ops: Operations = Admin) -> dict:
+        return ops.set_policies(None)
+
+    @router.get("/captures", response_model=CapturesResponse, summary="The labelling queue: captured live images")
+    def captures(status: str | None = Query("pending", pattern="^(pending|labelled|skipped|none)$"),
+                 limit: int = Query(50, ge=1, le=500), ops: Operations = Admin) -> dict:  # fmt: skip
+        return ops.captures(status, limit)
+
+    @router.get("/captures/{sha256}/image", response_class=FileResponse, summary="A captured image")
+    def capture_image(sha256: str = Path(..., pattern="^[0-9a-f]{64}$"), ops: Operations = Admin) -> FileResponse:
+        return FileResponse(ops.capture_file(sha256), headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.post("/captures/{sha256}", response_model=Capture, summary="Label, skip or reject a captured image")
+    def settle_capture(body: LabelRequest, sha256: str = Path(..., pattern="^[0-9a-f]{64}$"),
+                       ops: Operations = Admin) -> Capture:  # fmt: skip
+        return ops.settle_capture(sha256, body.action, body.label)
 
     @router.post("/feedback", response_model=FeedbackResponse, summary="An image and its correct label",
                  openapi_extra=FEEDBACK_BODY)  # fmt: skip

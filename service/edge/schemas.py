@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.retraining.records import ChampionEvent, Job
+from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies
 
 TASK_DESCRIPTION = (
     "multiclass: the top-k classes. multilabel: every label at or above its threshold (top-k by score when top_k "
@@ -110,6 +110,37 @@ def error_responses(*statuses: HTTPStatus) -> dict[int | str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- retraining and registry
+
+
+class PoliciesResponse(BaseModel):
+    policies: RetrainPolicies
+    source: Literal["settings", "admin"] = Field(..., description="admin: set by PUT /policies, for every worker.")
+    drift: dict[str, Any] | None = Field(None, description="The answering worker's drift monitor (GET /model).")
+    drift_since: str | None = Field(None, description="This worker has seen drift without a break since then.")
+    low_confidence_since: str | None = Field(
+        None, description="This worker's low-confidence share has been above the policy's threshold since then."
+    )
+
+
+class CapturesResponse(BaseModel):
+    counts: dict[str, int] = Field(..., description="Captures by status: pending, labelled, skipped, none.")
+    classes: list[str] = Field(..., description="The served model's classes: the labels to choose from.")
+    items: list[Capture] = Field(..., description="The queue, most useful first (smallest top-2 margin).")
+
+
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["label", "skip", "none"] = Field(
+        "label", description="label: give it a class (it becomes feedback); skip; none: none of the classes."
+    )
+    label: str | None = Field(None, max_length=200, description="The class, with action=label.")
+
+    @model_validator(mode="after")
+    def _label_given(self) -> LabelRequest:
+        if self.action == "label" and not self.label:
+            raise ValueError("action 'label' needs a label (one of the model's classes)")
+        return self
 
 
 class JobInfo(Job):

@@ -85,7 +85,7 @@ def build_classifier(
     clf.infer(warm[:1])
     reference = stored.drift_reference() if options.drift_sample > 0 else None
     if reference is not None:  # after the warm-up: zeros are not traffic
-        clf.drift = DriftMonitor(reference, options.drift_sample)
+        clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
     clf.load_seconds = time.perf_counter() - start
     log.info("%s runs on %s (%.1fs to choose and warm up)", stored.tag, runtime.name, clf.load_seconds)
     return clf

@@ -27,6 +27,7 @@ class DriftStatus:
     window: int  # images a full window holds
     class_shift: float  # total variation between live and reference predicted-class frequencies
     mean_confidence: float  # live, over the window
+    low_confidence_share: float  # live: share of the window below the low-confidence threshold
     reference_confidence: float  # on the validation split
     alpha: float
     method: str
@@ -36,9 +37,10 @@ class DriftStatus:
 
 
 class DriftMonitor:
-    def __init__(self, reference: DriftReference, sample: float = 0.5, seed: int = 0):
+    def __init__(self, reference: DriftReference, sample: float = 0.5, low_confidence: float = 0.5, seed: int = 0):
         self.reference = reference
         self.sample = sample
+        self.low_confidence = low_confidence
         n, dims = reference.window, reference.projection.shape[1]
         self._points = np.zeros((n, dims), np.float32)
         self._predicted = np.zeros(n, np.int64)
@@ -46,7 +48,7 @@ class DriftMonitor:
         self._written = 0
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        self.status = self._status(0.0, 0)
+        self.status = self._status(0.0, self._predicted[:0], self._confidence[:0])
 
     def observe(self, embeddings: np.ndarray, scores: np.ndarray) -> None:
         """One inference batch: its embeddings (N, D) and served scores (N, C)."""
@@ -70,18 +72,18 @@ class DriftMonitor:
         with self._lock:
             filled = min(self._written, len(self._points))
             points, predicted = self._points[:filled].copy(), self._predicted[:filled].copy()
-            confidence = float(self._confidence[:filled].mean()) if filled else 0.0
+            confidence = self._confidence[:filled].copy()
         statistic = self.reference.statistic(points) if filled == self.reference.window else 0.0
-        self.status = self._status(statistic, filled, class_shift(self.reference.class_freq, predicted) if filled
-                                   else 0.0, confidence)  # fmt: skip
+        self.status = self._status(statistic, predicted, confidence)
         return self.status
 
-    def _status(self, statistic: float, filled: int, shift: float = 0.0, confidence: float = 0.0) -> DriftStatus:
-        ref = self.reference
-        full = filled == ref.window
+    def _status(self, statistic: float, predicted: np.ndarray, confidence: np.ndarray) -> DriftStatus:
+        ref, filled = self.reference, len(predicted)
         threshold = ref.threshold
         return DriftStatus(score=statistic / threshold if threshold > 0 else 0.0, statistic=statistic,
-                           threshold=threshold, p_value=ref.p_value(statistic) if full else 1.0,
-                           detected=full and statistic > threshold, images=filled, window=ref.window,
-                           class_shift=shift, mean_confidence=confidence, reference_confidence=ref.mean_confidence,
-                           alpha=ref.alpha, method=METHOD)  # fmt: skip
+                           threshold=threshold, p_value=ref.p_value(statistic) if filled == ref.window else 1.0,
+                           detected=filled == ref.window and statistic > threshold, images=filled,
+                           window=ref.window, class_shift=class_shift(ref.class_freq, predicted) if filled else 0.0,
+                           mean_confidence=float(confidence.mean()) if filled else 0.0,
+                           low_confidence_share=float((confidence < self.low_confidence).mean()) if filled else 0.0,
+                           reference_confidence=ref.mean_confidence, alpha=ref.alpha, method=METHOD)  # fmt: skip

@@ -15,3 +15,4 @@ class InferenceOptions:
     agreement_threshold: float = 0.995  # reduced precision must agree with fp32 on this share of decisions
     agreement_samples: int = 1000  # recorded test images the agreement is measured on
     drift_sample: float = 0.5  # share of served images the drift monitor samples (0: no monitor)
+    low_confidence: float = 0.5  # top-1 score below which an answer counts as low-confidence

@@ -44,6 +44,7 @@ jobs = sa.Table(
     sa.Column("observed", sa.Boolean, nullable=False, default=False),  # counted in some worker's metrics
     sa.Column("champion_tag", sa.String(255)),  # added in version 2
     sa.Column("holdout", sa.Text),  # added in version 2
+    sa.Column("trigger", sa.JSON),  # added in version 4: the policy that started the job
 )  # fmt: skip
 
 # One row per model name while a job runs: the primary key makes "one job at a time" race-free.
@@ -97,6 +98,32 @@ leases = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )  # fmt: skip
 
+# Retrain policies set through the admin endpoint (version 4); absent: the settings' policies.
+policies = sa.Table(
+    "policies", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("policies", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
+# Live images worth labelling (version 4): the image is a file, this its prediction and its fate.
+captures = sa.Table(
+    "captures", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),  # low_confidence near_tie drift random
+    sa.Column("tag", sa.String(255), nullable=False),  # the version that answered
+    sa.Column("predicted", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("margin", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending labelled skipped none
+    sa.Column("label", sa.String(200)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("labelled_at", sa.DateTime(timezone=True)),
+)  # fmt: skip
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 V1_TABLES = [jobs, active_jobs, champions, events, feedback]
@@ -127,8 +154,15 @@ def _v3(conn: Connection) -> None:
     leases.create(conn, checkfirst=True)
 
 
+def _v4(conn: Connection) -> None:
+    """Jobs record the policy that started them; retrain policies can be set at run time; captures."""
+    _add_columns(conn, jobs, jobs.c.trigger)
+    policies.create(conn, checkfirst=True)
+    captures.create(conn, checkfirst=True)
+
+
 # Append (version, function) to change the schema; never edit a released step.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from service import telemetry
 from service.errors import InvalidInput, NotFound, Unavailable
+from service.inference.drift import DriftStatus
 from service.retraining.backends import Backend, make_backend, sweep
 from service.retraining.feedback import Feedback, save_feedback
-from service.retraining.records import ChampionEvent, Job, RetrainRequest
+from service.retraining.policies import Autopilot
+from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest, Trigger
 from service.retraining.registry import Registry
 from service.retraining.requests import job_config
 from service.serving.follower import ModelFollower
@@ -39,16 +42,19 @@ class Operations:
         self.refresh = refresh
         self.backend = backend or make_backend(settings, registry)
         self.model_name = settings.model_name
+        self.autopilot = Autopilot(self.model_name, settings.retrain_policies, registry, self._drift,
+                                   self.start_retrain)  # fmt: skip
 
     # ------------------------------------------------------------ jobs
-    def start_retrain(self, req: RetrainRequest) -> Job:
+    def start_retrain(self, req: RetrainRequest, trigger: Trigger | None = None) -> Job:
         """A job for ``req``, built against the champion of this moment (resolved once: its config is the
-        base, its test split the holdout, and the gate judges against it)."""
+        base, its test split the holdout, and the gate judges against it); ``trigger`` when a policy asks."""
         champion = self.registry.champion(self.model_name)
         cfg = job_config(req, self.settings, champion)
         job = self.registry.create_job(self.model_name, self.backend.name, req.model_dump(mode="json"),
                                        cfg.model_dump(mode="json"), champion_tag=champion,
-                                       holdout=cfg.data.holdout)  # fmt: skip
+                                       holdout=cfg.data.holdout,
+                                       trigger=trigger.model_dump(mode="json") if trigger else None)  # fmt: skip
         try:
             self.backend.submit(job)
         except Exception as exc:
@@ -69,10 +75,34 @@ class Operations:
         return self.registry.job(job_id)
 
     def tick(self) -> None:
-        """Fail jobs whose process has gone; count ended jobs in this worker's metrics."""
+        """Fail jobs whose process has gone; count ended jobs in this worker's metrics; judge the retrain
+        policies."""
         sweep(self.registry, self.backend, self.settings.job_stale_seconds)
         for job in self.registry.claim_unobserved():
             telemetry.observe_job(job)
+        self.autopilot.tick()
+
+    def _drift(self) -> DriftStatus | None:
+        served = self.follower.served
+        return served.classifier.drift.status if served and served.classifier.drift else None
+
+    def policies(self) -> dict[str, Any]:
+        policies, source = self.autopilot.policies()
+        drift = self._drift()
+        since = {
+            k: t.isoformat() if t else None
+            for k, t in (
+                ("drift_since", self.autopilot.drift_since),
+                ("low_confidence_since", self.autopilot.low_since),
+            )
+        }
+        return {"policies": policies, "source": source, "drift": drift.to_dict() if drift else None, **since}
+
+    def set_policies(self, policies: RetrainPolicies | None) -> dict[str, Any]:
+        if policies is not None:
+            job_config(policies.request, self.settings, self.registry.champion(self.model_name))  # refuse bad ones now
+        self.registry.set_policies(self.model_name, policies.model_dump(mode="json") if policies else None)
+        return self.policies()
 
     # ------------------------------------------------------------ champion
     def promote(self, tag: str, reason: str) -> ChampionEvent:
@@ -114,6 +144,27 @@ class Operations:
         return {"name": self.model_name, "champion": champion, "versions": versions,
                 "history": self.registry.history(self.model_name),
                 "feedback": self.registry.feedback_counts(self.model_name)}  # fmt: skip
+
+    # ------------------------------------------------------------ the labelling queue
+    def captures(self, status: str | None, limit: int) -> dict[str, Any]:
+        clf = self.follower.served.classifier if self.follower.served else None
+        return {"counts": self.registry.capture_counts(self.model_name), "classes": clf.classes if clf else [],
+                "items": self.registry.captures(self.model_name, status, limit)}  # fmt: skip
+
+    def capture_file(self, sha256: str) -> Path:
+        _, path = self.registry.capture(self.model_name, sha256)
+        if not Path(path).is_file():
+            raise NotFound(f"capture {sha256} has no file any more (expired or deleted)", reason="capture_gone")
+        return Path(path)
+
+    def settle_capture(self, sha256: str, action: str, label: str | None = None) -> Capture:
+        """``label`` the capture (it becomes feedback, for the next retrain and the feedback policy), ``skip``
+        it, or say it is ``none`` of the model's classes."""
+        if action == "label":
+            fb = self.feedback(self.capture_file(sha256).read_bytes(), label or "")
+            return self.registry.settle_capture(self.model_name, sha256, "labelled", fb.label)
+        self.registry.capture(self.model_name, sha256)  # NotFound for an unknown one
+        return self.registry.settle_capture(self.model_name, sha256, "skipped" if action == "skip" else "none")
 
     # ------------------------------------------------------------ feedback
     def feedback(self, data: bytes, label: str) -> Feedback:

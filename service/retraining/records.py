@@ -42,6 +42,71 @@ class RetrainRequest(BaseModel):
     auto_promote: bool = Field(True, description="Promote the new model when it passes the gate.")
 
 
+PolicyName = Literal["schedule", "feedback", "drift", "low_confidence"]
+
+
+class RetrainPolicies(BaseModel):
+    """When the service starts a retrain by itself: each policy is off until set. A triggered job is an
+    ordinary job (same gate, same promotion path) that records the policy and its evidence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule_hours: float | None = Field(
+        None, gt=0, le=24 * 366, description="Retrain this long after the last job (or the champion's promotion)."
+    )
+    feedback_labels: int | None = Field(
+        None, ge=1, le=10**7, description="Retrain when this many feedback labels arrived since the last job."
+    )
+    drift_minutes: float | None = Field(
+        None, ge=0, le=24 * 60 * 30, description="Retrain when drift has been detected without a break this long."
+    )
+    low_confidence_share: float | None = Field(
+        None, gt=0, lt=1, description="Retrain when this share of the live window is below IMGCLF_LOW_CONFIDENCE..."
+    )
+    low_confidence_minutes: float = Field(10, ge=0, le=24 * 60 * 30, description="...for this long.")
+    cooldown_minutes: float = Field(360, ge=0, le=24 * 60 * 366, description="No triggered job this soon after "
+                                    "the last job (any job, manual or triggered).")  # fmt: skip
+    request: RetrainRequest = Field(
+        default_factory=RetrainRequest,
+        description="What a triggered job asks for, as POST /retrain's body (default: the champion's recipe and "
+        "the feedback).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.schedule_hours, self.feedback_labels, self.drift_minutes,
+                                           self.low_confidence_share))  # fmt: skip
+
+
+CaptureStatus = Literal["pending", "labelled", "skipped", "none"]
+
+
+class Capture(BaseModel):
+    """A live image kept for labelling, with what the model answered."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sha256: str
+    reason: str = Field(..., description="low_confidence, near_tie, drift or random.")
+    tag: str = Field(..., description="The version that answered.")
+    predicted: str
+    confidence: float
+    margin: float = Field(..., description="Top-1 minus top-2 score: the queue's order, smallest first.")
+    status: CaptureStatus
+    label: str | None = None
+    bytes: int
+    created_at: str
+    labelled_at: str | None = None
+
+
+class Trigger(BaseModel):
+    """Why the service started a job by itself."""
+
+    policy: PolicyName
+    reason: str = Field(..., description="In words, with the numbers.")
+    evidence: dict[str, Any] = Field(default_factory=dict, description="The signals as they were at the decision.")
+
+
 class PairedComparison(BaseModel):
     """The challenger's primary metric minus the champion's on the same images, with its uncertainty."""
 
@@ -99,6 +164,7 @@ class Job(BaseModel):
     config: dict[str, Any]
     champion_tag: str | None = Field(None, description="The champion when the job was created: its base and rival.")
     holdout: str | None = Field(None, description="The recorded split kept out of training and judged on.")
+    trigger: Trigger | None = Field(None, description="The policy that started the job (none: started by hand).")
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None

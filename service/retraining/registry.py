@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import Conflict, JobConflict, NotFound, RegistryUnavailable
 from service.retraining import db
-from service.retraining.records import ACTIVE, TERMINAL, ChampionEvent, Job
+from service.retraining.records import ACTIVE, TERMINAL, Capture, ChampionEvent, Job
 
 log = logging.getLogger(__name__)
 RETRIES = 3
@@ -35,12 +35,17 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite gives naive datetimes back: every stored time is UTC."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
 def _plain(row: Any) -> dict[str, Any]:
     """A row as JSON-able dict: datetimes as ISO 8601 UTC strings."""
     out = dict(row._mapping)
     for key, value in out.items():
         if isinstance(value, dt.datetime):
-            out[key] = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
+            out[key] = _aware(value).isoformat()
     return out
 
 
@@ -179,7 +184,8 @@ class Registry:
 
     # ------------------------------------------------------------ jobs
     def create_job(self, model_name: str, backend: str, request: dict, config: dict, *,
-                   champion_tag: str | None = None, holdout: str | None = None) -> Job:  # fmt: skip
+                   champion_tag: str | None = None, holdout: str | None = None,
+                   trigger: dict | None = None) -> Job:  # fmt: skip
         """A new queued job, built against ``champion_tag`` with ``holdout`` kept out of its training. Raises
         :class:`JobConflict` while another job for ``model_name`` is active."""
         job_id = uuid.uuid4().hex[:12]
@@ -189,7 +195,7 @@ class Registry:
                 conn.execute(db.jobs.insert().values(id=job_id, model_name=model_name, status="queued",
                                                      backend=backend, request=request, config=config,
                                                      champion_tag=champion_tag, holdout=holdout,
-                                                     created_at=now(), cancel_requested=False,
+                                                     trigger=trigger, created_at=now(), cancel_requested=False,
                                                      observed=False))  # fmt: skip
         except sa.exc.IntegrityError:
             with self.engine.connect() as conn:
@@ -294,11 +300,40 @@ class Registry:
             if row is None:
                 conn.execute(t.insert().values(key=key, holder=holder, expires_at=until))
                 return True
-            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.UTC)
+            expires = _aware(row.expires_at)
             if row.holder != holder and expires > now():
                 return False
             conn.execute(t.update().where(t.c.key == key).values(holder=holder, expires_at=until))
             return True
+
+    def last_job_at(self, model_name: str) -> dt.datetime | None:
+        """When the newest job of ``model_name`` was created (any status), or None."""
+        t = db.jobs
+        with self.engine.connect() as conn:
+            return _aware(conn.execute(sa.select(sa.func.max(t.c.created_at)).where(t.c.model_name == model_name))
+                          .scalar())  # fmt: skip
+
+    def champion_since(self, model_name: str) -> dt.datetime | None:
+        """When the current champion became champion, or None."""
+        with self.engine.connect() as conn:
+            row = self._champion_row(conn, model_name)
+        return _aware(row["promoted_at"]) if row else None
+
+    # ------------------------------------------------------------ retrain policies
+    def policies(self, model_name: str) -> dict | None:
+        """Policies set at run time for ``model_name`` (None: the settings' apply)."""
+        t = db.policies
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t.c.policies).where(t.c.model_name == model_name)).scalar()
+
+    def set_policies(self, model_name: str, policies: dict | None) -> None:
+        """Store ``policies`` for every worker and replica; None removes them (back to the settings)."""
+        t = db.policies
+        with self.engine.begin() as conn:
+            db.lock(conn, f"policies:{model_name}")
+            conn.execute(t.delete().where(t.c.model_name == model_name))
+            if policies is not None:
+                conn.execute(t.insert().values(model_name=model_name, policies=policies, updated_at=now()))
 
     # ------------------------------------------------------------ feedback
     def add_feedback(self, model_name: str, sha256: str, label: str, path: str) -> bool:
@@ -310,6 +345,78 @@ class Registry:
         except sa.exc.IntegrityError:
             return False
         return True
+
+    # ------------------------------------------------------------ captures
+    def add_capture(self, model_name: str, sha256: str, path: str, size: int, reason: str, tag: str,
+                    predicted: str, confidence: float, margin: float) -> bool:  # fmt: skip
+        """Keep one capture; False when the same image is already kept."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(db.captures.insert().values(
+                    model_name=model_name, sha256=sha256, path=path, bytes=size, reason=reason, tag=tag,
+                    predicted=predicted, confidence=confidence, margin=margin, status="pending",
+                    created_at=now()))  # fmt: skip
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def captures(self, model_name: str, status: str | None = "pending", limit: int = 50) -> list[Capture]:
+        """Captures, the labelling queue's order: smallest margin first, then oldest."""
+        t = db.captures
+        query = sa.select(t).where(t.c.model_name == model_name).order_by(t.c.margin, t.c.created_at).limit(limit)
+        if status:
+            query = query.where(t.c.status == status)
+        with self.engine.connect() as conn:
+            return [Capture.model_validate(_plain(r)) for r in conn.execute(query)]
+
+    def capture(self, model_name: str, sha256: str) -> tuple[Capture, str]:
+        """One capture and its file's path. Raises :class:`NotFound`."""
+        t = db.captures
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.model_name == model_name, t.c.sha256 == sha256)).first()
+        if row is None:
+            raise NotFound(f"no capture {sha256!r} of {model_name} (GET /captures lists them)",
+                           reason="capture_not_found")  # fmt: skip
+        return Capture.model_validate(_plain(row)), row.path
+
+    def settle_capture(self, model_name: str, sha256: str, status: str, label: str | None = None) -> Capture:
+        t = db.captures
+        with self.engine.begin() as conn:
+            conn.execute(t.update().where(t.c.model_name == model_name, t.c.sha256 == sha256)
+                         .values(status=status, label=label, labelled_at=now()))  # fmt: skip
+        return self.capture(model_name, sha256)[0]
+
+    def capture_counts(self, model_name: str) -> dict[str, int]:
+        t = db.captures
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.status, sa.func.count()).where(t.c.model_name == model_name)
+                                .group_by(t.c.status))  # fmt: skip
+            return {status: int(n) for status, n in rows}
+
+    def capture_bytes(self, model_name: str) -> int:
+        t = db.captures
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.sum(t.c.bytes)).where(t.c.model_name == model_name)).scalar()
+                       or 0)  # fmt: skip
+
+    def expire_captures(self, model_name: str, older_than_hours: float) -> list[str]:
+        """Forget captures older than ``older_than_hours``; returns their files' paths (to delete)."""
+        t = db.captures
+        cutoff = now() - dt.timedelta(hours=older_than_hours)
+        where = (t.c.model_name == model_name) & (t.c.created_at < cutoff)
+        with self.engine.begin() as conn:
+            paths = [r.path for r in conn.execute(sa.select(t.c.path).where(where))]
+            conn.execute(t.delete().where(where))
+        return paths
+
+    def feedback_since(self, model_name: str, since: dt.datetime | None) -> int:
+        """Feedback labels for ``model_name`` recorded after ``since`` (all of them for None)."""
+        t = db.feedback
+        query = sa.select(sa.func.count()).where(t.c.model_name == model_name)
+        if since is not None:
+            query = query.where(t.c.created_at > since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def feedback_counts(self, model_name: str) -> dict[str, int]:
         t = db.feedback

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from service import telemetry
 from service.inference import MicroBatcher, build_classifier
+from service.retraining.capture import Capturer
 from service.retraining.registry import Registry
 from service.serving.classify import Admission, Arrivals, ClassifyPath, ImageResult
 from service.serving.follower import ModelFollower, Served, resolve_tag
@@ -23,11 +24,14 @@ class Worker:
     follower: ModelFollower
     path: ClassifyPath
     periodic: Periodic
+    capturer: Capturer | None = None
 
     async def close(self) -> None:
         self.periodic.stop()
         await self.follower.close()
         self.path.close()
+        if self.capturer is not None:
+            self.capturer.close()
 
 
 def build_worker(settings: Settings, registry: Registry | None = None) -> Worker:
@@ -48,9 +52,18 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     path = ClassifyPath(settings.model_name, lambda: follower.served, admission, arrivals, settings.default_top_k,
                         settings.low_confidence, settings.abstain_below)  # fmt: skip
     telemetry.set_drift(None)  # the drift series exist from start-up
+    capturer = None
+    if settings.capture and registry is not None:
+        capturer = Capturer(registry, settings.capture_dir, settings.model_name, settings.capture,
+                            settings.capture_sample, settings.capture_max_bytes, settings.low_confidence,
+                            settings.near_tie_margin, drifting=lambda: path.drift_detected)  # fmt: skip
+        path.capture = capturer.offer
 
     def check_drift() -> None:
         monitor = path.classifier.drift if path.classifier else None
         telemetry.set_drift(monitor.check() if monitor else None)
 
-    return Worker(follower, path, Periodic(settings.registry_poll_seconds, [follower.poll, check_drift]))
+    tasks = [follower.poll, check_drift]
+    if capturer is not None:
+        tasks.append(lambda: capturer.expire(settings.capture_retention_hours))
+    return Worker(follower, path, Periodic(settings.registry_poll_seconds, tasks), capturer)

@@ -90,6 +90,8 @@ class ClassifyPath:
                  arrivals: Arrivals, default_top_k: int, low_confidence: float,
                  abstain_below: float | None = None):  # fmt: skip
         self.model_name = model_name
+        # set by the service when capture is on: offered every answered image (see retraining.capture)
+        self.capture: Callable[[bytes, np.ndarray, str, list[str]], None] | None = None
         self.abstain_below = abstain_below
         self.current = current
         self.admission = admission
@@ -122,6 +124,11 @@ class ClassifyPath:
     def require(self) -> Classifier:
         return self._served().classifier
 
+    @property
+    def drift_detected(self) -> bool:
+        clf = self.classifier
+        return bool(clf and clf.drift and clf.drift.status.detected)
+
     @contextlib.contextmanager
     def _use(self) -> Iterator[Served]:
         """The model this request runs on from start to end, whatever swaps meanwhile."""
@@ -142,13 +149,15 @@ class ClassifyPath:
             clf = served.classifier
             query = check_query(clf.task, query, self.default_top_k)
             results = []
-            for out in await self._scores(served, images, endpoint):
+            outputs = await self._scores(served, images, endpoint)
+            for out in outputs:
                 if isinstance(out, ServiceError):
                     results.append(ImageResult(error=out))
                     continue
                 result = answer(clf.task, out, query, self.abstain_below)
                 telemetry.observe_verdict(clf.tag, clf.classes, result.verdict, self.low_confidence)
                 results.append(ImageResult(result))
+            self._offer(clf, images, outputs)
         return clf, results
 
     async def probabilities(self, images: list[bytes], endpoint: str) -> tuple[Classifier, list]:
@@ -157,6 +166,7 @@ class ClassifyPath:
         with self._use() as served:
             outputs = await self._scores(served, images, endpoint)
             self._observe(served.classifier, [o for o in outputs if not isinstance(o, ServiceError)])
+            self._offer(served.classifier, images, outputs)
             return served.classifier, outputs
 
     async def probabilities_of_tensors(self, batch: np.ndarray, endpoint: str) -> tuple[Classifier, np.ndarray]:
@@ -178,6 +188,13 @@ class ClassifyPath:
         for row in rows:
             verdict = decide(clf.task, row, self.abstain_below)
             telemetry.observe_verdict(clf.tag, clf.classes, verdict, self.low_confidence)
+
+    def _offer(self, clf: Classifier, images: list[bytes], outputs: list) -> None:
+        if self.capture is None or clf.task.multilabel:  # one label per image: multi-label needs the manifest
+            return
+        for data, out in zip(images, outputs, strict=True):
+            if not isinstance(out, ServiceError):
+                self.capture(data, out, clf.tag, clf.classes)
 
     def _preprocess(self, clf: Classifier, data: bytes) -> np.ndarray:
         start = time.perf_counter()

@@ -47,6 +47,7 @@ function show(id) {
   }
   if (id === "card") loadCard();
   if (id === "ops" && state.token) refreshOps();
+  if (id === "label") loadQueue();
 }
 
 // ------------------------------------------------------------------ the served model
@@ -247,6 +248,72 @@ $("#retrain-form").addEventListener("submit", async (e) => {
     $("#retrain-state").className = "message error";
   }
   await refreshOps();
+});
+
+// ------------------------------------------------------------------ labelling queue
+// Captured live images, least certain first; one click or key per label. Images are fetched with the
+// token (an <img src> cannot send it) and shown from a blob URL.
+const queue = { items: [], classes: [], current: null, url: null };
+
+async function loadQueue() {
+  if (!state.token) { $("#label-body").hidden = true; return; }
+  try {
+    const answer = await call("/captures?status=pending&limit=50", {}, true);
+    queue.items = answer.items;
+    queue.classes = answer.classes;
+    const c = answer.counts;
+    $("#label-counts").textContent = `${c.pending || 0} waiting · ${c.labelled || 0} labelled · ${c.skipped || 0} skipped · ${c.none || 0} none of the classes`;
+    $("#label-body").hidden = false;
+    await showNext();
+  } catch (err) {
+    $("#label-state").textContent = err.message;
+    $("#label-body").hidden = true;
+  }
+}
+
+async function showNext() {
+  queue.current = queue.items.shift() || null;
+  if (queue.url) URL.revokeObjectURL(queue.url);
+  const card = queue.current;
+  $("#label-card").hidden = !card;
+  $("#label-choices").replaceChildren();
+  for (const b of ["#label-skip", "#label-none"]) $(b).disabled = !card;
+  if (!card) { $("#label-state").textContent = "Nothing to label: the queue is empty."; return; }
+  const response = await fetch(`/captures/${card.sha256}/image`, { headers: { Authorization: "Bearer " + state.token } });
+  queue.url = URL.createObjectURL(await response.blob());
+  $("#label-image").src = queue.url;
+  $("#label-caption").textContent = `${card.tag} answered ${card.predicted} (${pct(card.confidence)}, margin ${pct(card.margin)}) · kept for ${card.reason.replace("_", " ")}`;
+  $("#label-state").textContent = "Which class is it?";
+  $("#label-choices").replaceChildren(...queue.classes.map((c, i) =>
+    el("button", { type: "button", class: c === card.predicted ? "" : "secondary", onclick: () => settle("label", c) },
+      i < 10 ? el("kbd", {}, String((i + 1) % 10)) : null, " ", c)));
+}
+
+async function settle(action, label) {
+  const card = queue.current;
+  if (!card) return;
+  try {
+    await call(`/captures/${card.sha256}`, { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(label ? { action, label } : { action }) }, true);
+    $("#label-last").textContent = action === "label" ? `labelled ${label}` : action === "skip" ? "skipped" : "none of these";
+    $("#label-last").className = "muted";
+  } catch (err) {
+    $("#label-last").textContent = err.message;
+    $("#label-last").className = "error";
+  }
+  if (!queue.items.length) await loadQueue(); else await showNext();
+}
+
+$("#label-skip").addEventListener("click", () => settle("skip"));
+$("#label-none").addEventListener("click", () => settle("none"));
+document.addEventListener("keydown", (e) => {
+  if ($("#label").hidden || !queue.current || e.target.matches("input, select, textarea")) return;
+  if (e.key === "s") settle("skip");
+  else if (e.key === "n") settle("none");
+  else if (/^[0-9]$/.test(e.key)) {
+    const i = (Number(e.key) + 9) % 10;
+    if (i < queue.classes.length) settle("label", queue.classes[i]);
+  }
 });
 
 setInterval(loadModel, 10000);
