@@ -4,8 +4,9 @@ store that keeps it off the request path (:class:`Capturer`).
 Kept: the image's bytes only (never a header, an address or anything else of the request), under
 ``<capture_dir>/<model name>/``, with the model's prediction in the registry. Bounded by a disk quota and a
 retention time, sampled, and written by one background thread with a bounded queue (32 MiB of images): a
-busy worker drops a capture (counted) rather than slow an answer or grow its memory. The labelling queue is ordered by margin sampling: the
-smallest gap between the two best classes first, the images the model is least sure how to separate.
+busy worker drops a capture (counted) rather than slow an answer or grow its memory. The labelling queue is
+ordered by margin sampling: the smallest gap between the two best classes first, the images the model is
+least sure how to separate.
 """
 
 from __future__ import annotations
