@@ -19,8 +19,9 @@ T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 def status(detected: bool = False, low_share: float = 0.0, images: int = 100) -> DriftStatus:
     return DriftStatus(score=3.0 if detected else 0.4, statistic=0.1, threshold=0.03,
-                       p_value=0.005 if detected else 0.6, detected=detected, images=images, window=100, class_shift=0.2, mean_confidence=0.6,
-                       low_confidence_share=low_share, reference_confidence=0.9, alpha=0.01, method="MMD")  # fmt: skip
+                       p_value=0.005 if detected else 0.6, detected=detected, images=images, window=100,
+                       class_shift=0.2, mean_confidence=0.6, low_confidence_share=low_share,
+                       reference_confidence=0.9, alpha=0.01, method="MMD")  # fmt: skip
 
 
 def signals(at: dt.datetime = T0, **kw) -> Signals:
