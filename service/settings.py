@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         description="When to retrain without a person, as JSON, e.g. '{\"drift_minutes\": 30}' (all off by "
         "default; PUT /policies overrides them at run time for every worker).",
     )  # fmt: skip
-    capture: list[Literal["low_confidence", "near_tie", "drift", "random"]] = Field(
+    capture: list[Literal["disagreement", "low_confidence", "near_tie", "drift", "random"]] = Field(
         default_factory=list, description="Keep live images worth labelling, for these reasons (none: off), e.g. "
         "'[\"low_confidence\", \"near_tie\", \"drift\"]'; only the image is kept, never the request's headers.",
     )  # fmt: skip

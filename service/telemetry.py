@@ -74,6 +74,12 @@ DRIFT_CLASS_SHIFT = Gauge("imgclf_drift_class_shift", "Total variation between t
 DRIFT_CONFIDENCE = Gauge("imgclf_drift_mean_confidence", "Mean top-1 score: of the live window, and of the "
                          "validation split the reference was taken on.", ["sample"],
                          multiprocess_mode="livemin")  # fmt: skip
+SHADOW_IMAGES = Counter("imgclf_shadow_images_total", "Images offered to the shadow version, by result: agreed or "
+                        "disagreed with the champion, dropped (worker busy), failed.", ["result"])  # fmt: skip
+SHADOW_AGREEMENT = Gauge("imgclf_rollout_shadow_agreement", "Share of shadow-scored images on which the shadow's "
+                         "answer matched the champion's (lowest worker).", multiprocess_mode="livemin")  # fmt: skip
+SHADOW_INFO = Gauge("imgclf_shadow_info", "The version shadowing the champion (value 1; none: no series at 1).",
+                    ["tag"], multiprocess_mode="mostrecent")  # fmt: skip
 PROCESS_CPU = Counter("imgclf_process_cpu_seconds_total", "CPU time of the worker processes (user + system).")
 PROCESS_RSS = Gauge("imgclf_process_resident_memory_bytes", "Resident memory of each worker process.",
                     multiprocess_mode="liveall")  # fmt: skip
@@ -134,6 +140,15 @@ def observe_job(job: Job) -> None:
         PROMOTIONS.labels("promoted" if decision.promoted else "passed" if decision.promote else "refused").inc()
         if decision.challenger_score is not None:
             CHALLENGER_ACCURACY.labels(job.model_name).set(decision.challenger_score)
+
+
+def set_shadow(tag: str | None) -> None:
+    if tag is None:
+        previous = _current.pop(SHADOW_INFO, None)
+        if previous is not None:
+            SHADOW_INFO.labels(*previous).set(0)
+        return
+    _mark_current(SHADOW_INFO, tag)
 
 
 def set_drift(status: DriftStatus | None) -> None:

@@ -25,11 +25,12 @@ from service.edge.schemas import (
     PoliciesResponse,
     PromoteRequest,
     RollbackRequest,
+    ShadowRequest,
     error_responses,
 )
 from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.retraining.operations import Operations
-from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest
+from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest, Shadow
 
 ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
                                HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
@@ -94,6 +95,15 @@ def create_admin_router(get_ops: Callable[[], Operations]) -> APIRouter:
     @router.post("/models/promote", response_model=ChampionEvent, summary="Serve a given version (it must load)")
     def promote(body: PromoteRequest, ops: Operations = Admin) -> ChampionEvent:
         return ops.promote(body.tag, body.reason)
+
+    @router.post("/models/shadow", response_model=Shadow,
+                 summary="Score a version beside the champion on live images (every worker)")  # fmt: skip
+    def shadow(body: ShadowRequest, ops: Operations = Admin) -> dict | None:
+        return ops.shadow(body.tag, body.fraction, body.reason)
+
+    @router.delete("/models/shadow", status_code=204, summary="Stop shadowing")
+    def stop_shadow(ops: Operations = Admin) -> None:
+        ops.shadow(None)
 
     @router.post("/models/rollback", response_model=ChampionEvent, summary="Serve the previous champion again")
     def rollback(body: RollbackRequest | None = None, ops: Operations = Admin) -> ChampionEvent:

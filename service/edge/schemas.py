@@ -167,6 +167,15 @@ class PromoteRequest(BaseModel):
     reason: str = Field("manual promotion", max_length=500)
 
 
+class ShadowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(..., min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$",
+                     description="The version to score beside the champion (name:version, or an alias).")  # fmt: skip
+    fraction: float = Field(0.25, gt=0, le=1, description="Share of classified images it also scores.")
+    reason: str = Field("manual shadow", max_length=500)
+
+
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -187,6 +196,10 @@ class ModelsResponse(BaseModel):
     versions: list[ModelVersion]
     history: list[ChampionEvent] = Field(..., description="Promotions, refusals and rollbacks, newest first.")
     feedback: dict[str, int] = Field(..., description="Feedback images collected per label.")
+    shadow: dict[str, Any] | None = Field(
+        None, description="The version scored beside the champion, and what the answering worker saw of it: "
+        "images compared, agreement with the champion, dropped while busy.",
+    )  # fmt: skip
 
 
 class FeedbackResponse(BaseModel):

@@ -16,6 +16,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def _lower_priority(nice: int) -> None:
+    """Linux schedules threads one by one: raise this thread's niceness (always allowed)."""
+    if nice > 0:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 @dataclass
@@ -40,16 +49,20 @@ class MicroBatcher:
         max_batch_size: int = 32,
         max_latency_ms: float = 1.0,
         on_batch: Callable[[int, float, float], None] | None = None,
+        nice: int = 0,
     ):
-        """``infer`` maps (N, ...) to (N, ...); ``on_batch(size, queue_seconds, infer_seconds)`` observes."""
+        """``infer`` maps (N, ...) to (N, ...); ``on_batch(size, queue_seconds, infer_seconds)`` observes;
+        ``nice`` > 0 lowers the scheduling priority of the inference thread (a shadow's, say)."""
         self.infer = infer
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
+                                            initializer=_lower_priority, initargs=(nice,))  # fmt: skip
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.pending = 0  # images submitted and not yet answered (0: the runtime is idle)
         self.coming = 0  # images being decoded that will be submitted soon
         self.also_coming: Callable[[], int] = lambda: 0  # e.g. requests still being received
 
@@ -65,7 +78,11 @@ class MicroBatcher:
         queue = self._ensure_started()
         future = asyncio.get_running_loop().create_future()
         queue.put_nowait(_Item(x, future, time.perf_counter()))
-        return await future
+        self.pending += 1
+        try:
+            return await future
+        finally:
+            self.pending -= 1
 
     async def submit_many(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(self.submit(x) for x in xs)))

@@ -33,8 +33,8 @@ from service.retraining.registry import Registry
 
 log = logging.getLogger(__name__)
 
-Reason = Literal["low_confidence", "near_tie", "drift", "random"]
-REASONS: tuple[Reason, ...] = ("low_confidence", "near_tie", "drift", "random")
+Reason = Literal["disagreement", "low_confidence", "near_tie", "drift", "random"]
+REASONS: tuple[Reason, ...] = ("disagreement", "low_confidence", "near_tie", "drift", "random")
 QUEUE_BYTES = 32 * 1024 * 1024  # captures waiting for the writer thread; past it they are dropped
 
 
@@ -51,12 +51,14 @@ class Candidate:
 
 
 def worth_labelling(scores: np.ndarray, reasons: frozenset[str], low_confidence: float, near_tie: float,
-                    drifting: bool) -> Candidate | None:  # fmt: skip
-    """Whether one answer's scores make its image worth a label, and why (the first reason that holds)."""
+                    drifting: bool, disagreement: bool = False) -> Candidate | None:  # fmt: skip
+    """Whether one answer's scores make its image worth a label, and why (the first reason that holds;
+    ``disagreement``: the shadow version answered otherwise)."""
     order = np.argsort(scores)[::-1]
     confidence = float(scores[order[0]])
     margin = confidence - float(scores[order[1]]) if len(order) > 1 else 1.0
     checks: list[tuple[Reason, bool]] = [
+        ("disagreement", disagreement),
         ("low_confidence", confidence < low_confidence),
         ("near_tie", margin < near_tie),
         ("drift", drifting),
@@ -91,11 +93,12 @@ class Capturer:
     def enabled(self) -> bool:
         return bool(self.reasons) and self.sample > 0
 
-    def offer(self, data: bytes, scores: np.ndarray, tag: str, classes: list[str]) -> None:
+    def offer(self, data: bytes, scores: np.ndarray, tag: str, classes: list[str], disagreement: bool = False) -> None:
         """One answered image (never blocks: a decision, a coin and at most a hand-off)."""
         if not self.enabled or random.random() >= self.sample:
             return
-        candidate = worth_labelling(scores, self.reasons, self.low_confidence, self.near_tie, self.drifting())
+        candidate = worth_labelling(scores, self.reasons, self.low_confidence, self.near_tie, self.drifting(),
+                                    disagreement)  # fmt: skip
         if candidate is None:
             return
         with self._lock:

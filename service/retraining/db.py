@@ -124,6 +124,16 @@ captures = sa.Table(
     sa.Column("labelled_at", sa.DateTime(timezone=True)),
 )  # fmt: skip
 
+# The version every worker scores beside the champion, at most one per model name (version 4).
+shadows = sa.Table(
+    "shadows", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("tag", sa.String(255), nullable=False),
+    sa.Column("fraction", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 V1_TABLES = [jobs, active_jobs, champions, events, feedback]
@@ -155,10 +165,11 @@ def _v3(conn: Connection) -> None:
 
 
 def _v4(conn: Connection) -> None:
-    """Jobs record the policy that started them; retrain policies can be set at run time; captures."""
+    """Jobs record the policy that started them; retrain policies set at run time; captures; shadows."""
     _add_columns(conn, jobs, jobs.c.trigger)
     policies.create(conn, checkfirst=True)
     captures.create(conn, checkfirst=True)
+    shadows.create(conn, checkfirst=True)
 
 
 # Append (version, function) to change the schema; never edit a released step.

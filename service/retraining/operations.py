@@ -22,6 +22,7 @@ from service.retraining.requests import job_config
 from service.serving.follower import ModelFollower
 from service.settings import Settings
 from training import store
+from training.stored import StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,15 @@ class Operations:
     ``refresh()`` makes it look at the registry now (after a promotion or rollback handled here)."""
 
     def __init__(self, settings: Settings, registry: Registry, follower: ModelFollower,
-                 refresh: Callable[[], None] = lambda: None, backend: Backend | None = None):  # fmt: skip
+                 refresh: Callable[[], None] = lambda: None, backend: Backend | None = None,
+                 shadow_status: Callable[[], dict | None] = lambda: None):  # fmt: skip
         self.settings = settings
         self.registry = registry
         self.follower = follower
         self.refresh = refresh
         self.backend = backend or make_backend(settings, registry)
         self.model_name = settings.model_name
+        self.shadow_status = shadow_status
         self.autopilot = Autopilot(self.model_name, settings.retrain_policies, registry, self._drift,
                                    self.start_retrain)  # fmt: skip
 
@@ -108,6 +111,26 @@ class Operations:
     def promote(self, tag: str, reason: str) -> ChampionEvent:
         """Serve ``tag``, resolved first to the exact stored version (an alias or other letter case is
         never recorded: workers compare the champion with the tag they serve)."""
+        tag, stored = self._loadable(tag)
+        test = stored.metadata.get("metrics", {}).get("test", {})
+        event = self.registry.promote(self.model_name, tag, reason, kind="manual",
+                                      challenger={"accuracy": test.get("accuracy")})  # fmt: skip
+        telemetry.PROMOTIONS.labels("manual").inc()
+        self.refresh()
+        return event
+
+    def shadow(self, tag: str | None, fraction: float = 0.25, reason: str = "") -> dict | None:
+        """Have every worker score ``tag`` beside the champion (None: stop); it must load and not be the champion."""
+        if tag is not None:
+            tag, _ = self._loadable(tag)
+            if tag == self.registry.champion(self.model_name):
+                raise InvalidInput(f"{tag} is the champion; shadow another version", reason="shadow_is_champion")
+        named = self.registry.set_shadow(self.model_name, tag, fraction, reason)
+        self.refresh()
+        return named.model_dump() if named else None
+
+    def _loadable(self, tag: str) -> tuple[str, StoredModel]:
+        """The exact stored version ``tag`` names, loaded (a damaged model is refused before any use)."""
         if tag.split(":")[0].lower() != self.model_name.lower():
             raise InvalidInput(f"{tag} is not a version of {self.model_name}", reason="wrong_model")
         try:
@@ -120,13 +143,7 @@ class Operations:
             stored = store.load_model(exact)  # refuses a damaged model before it can be served
         except store.StoreError as exc:
             raise NotFound(str(exc), reason="model_not_loadable") from None
-        tag = exact
-        test = stored.metadata.get("metrics", {}).get("test", {})
-        event = self.registry.promote(self.model_name, tag, reason, kind="manual",
-                                      challenger={"accuracy": test.get("accuracy")})  # fmt: skip
-        telemetry.PROMOTIONS.labels("manual").inc()
-        self.refresh()
-        return event
+        return exact, stored
 
     def rollback(self, reason: str) -> ChampionEvent:
         event = self.registry.rollback(self.model_name, reason)
@@ -143,7 +160,13 @@ class Operations:
         ]  # fmt: skip
         return {"name": self.model_name, "champion": champion, "versions": versions,
                 "history": self.registry.history(self.model_name),
-                "feedback": self.registry.feedback_counts(self.model_name)}  # fmt: skip
+                "feedback": self.registry.feedback_counts(self.model_name), "shadow": self._shadow()}  # fmt: skip
+
+    def _shadow(self) -> dict | None:
+        named = self.registry.shadow(self.model_name)
+        if named is None:
+            return None
+        return self.shadow_status() or named.model_dump()
 
     # ------------------------------------------------------------ the labelling queue
     def captures(self, status: str | None, limit: int) -> dict[str, Any]:

@@ -78,6 +78,18 @@ class RetrainPolicies(BaseModel):
                                            self.low_confidence_share))  # fmt: skip
 
 
+class Shadow(BaseModel):
+    """A version every worker scores beside the champion, off the answer's path (the first stage of a rollout)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model_name: str
+    tag: str
+    fraction: float = Field(..., description="Share of classified images the shadow also scores.")
+    reason: str = ""
+    started_at: str
+
+
 CaptureStatus = Literal["pending", "labelled", "skipped", "none"]
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import Conflict, JobConflict, NotFound, RegistryUnavailable
 from service.retraining import db
-from service.retraining.records import ACTIVE, TERMINAL, Capture, ChampionEvent, Job
+from service.retraining.records import ACTIVE, TERMINAL, Capture, ChampionEvent, Job, Shadow
 
 log = logging.getLogger(__name__)
 RETRIES = 3
@@ -318,6 +318,24 @@ class Registry:
         with self.engine.connect() as conn:
             row = self._champion_row(conn, model_name)
         return _aware(row["promoted_at"]) if row else None
+
+    # ------------------------------------------------------------ shadow
+    def shadow(self, model_name: str) -> Shadow | None:
+        t = db.shadows
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.model_name == model_name)).first()
+        return Shadow.model_validate(_plain(row)) if row else None
+
+    def set_shadow(self, model_name: str, tag: str | None, fraction: float = 0.0, reason: str = "") -> Shadow | None:
+        """Shadow ``tag`` for every worker (None: stop shadowing)."""
+        t = db.shadows
+        with self.engine.begin() as conn:
+            db.lock(conn, f"shadow:{model_name}")
+            conn.execute(t.delete().where(t.c.model_name == model_name))
+            if tag is not None:
+                conn.execute(t.insert().values(model_name=model_name, tag=tag, fraction=fraction, reason=reason,
+                                               started_at=now()))  # fmt: skip
+        return self.shadow(model_name)
 
     # ------------------------------------------------------------ retrain policies
     def policies(self, model_name: str) -> dict | None:

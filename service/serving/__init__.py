@@ -4,7 +4,7 @@ down one path (``classify``), and run the periodic tasks (``periodic``). :func:`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service import telemetry
 from service.inference import MicroBatcher, build_classifier
@@ -13,6 +13,7 @@ from service.retraining.registry import Registry
 from service.serving.classify import Admission, Arrivals, ClassifyPath, ImageResult
 from service.serving.follower import ModelFollower, Served, resolve_tag
 from service.serving.periodic import Periodic
+from service.serving.shadow import ShadowScorer
 from service.settings import Settings
 from training.store import load_model
 
@@ -25,10 +26,13 @@ class Worker:
     path: ClassifyPath
     periodic: Periodic
     capturer: Capturer | None = None
+    shadow: ShadowScorer | None = None
 
     async def close(self) -> None:
         self.periodic.stop()
         await self.follower.close()
+        if self.shadow is not None:
+            await self.shadow.close()
         self.path.close()
         if self.capturer is not None:
             self.capturer.close()
@@ -46,6 +50,11 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
                                on_batch=telemetry.observe_batch)  # fmt: skip
         batcher.also_coming = lambda: arrivals.count
         return Served(clf, batcher)
+
+    def build_shadow(tag: str) -> Served:
+        """A shadow: one inference thread at low priority, no drift monitor, its batches not in the metrics."""
+        clf = build_classifier(load_model(tag), replace(options, drift_sample=0.0), threads=1)
+        return Served(clf, MicroBatcher(clf.infer, settings.max_batch_size, settings.max_latency_ms, nice=10))
 
     follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
     admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
@@ -66,4 +75,10 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     tasks = [follower.poll, check_drift]
     if capturer is not None:
         tasks.append(lambda: capturer.expire(settings.capture_retention_hours))
-    return Worker(follower, path, Periodic(settings.registry_poll_seconds, tasks), capturer)
+    shadow = None
+    if registry is not None and not settings.model_tag:
+        disagreement = (lambda d, s, t, c: capturer.offer(d, s, t, c, disagreement=True)) if capturer else None
+        shadow = ShadowScorer(settings.model_name, registry, build_shadow, disagreement)
+        path.shadow = shadow.offer
+        tasks.append(shadow.poll)
+    return Worker(follower, path, Periodic(settings.registry_poll_seconds, tasks), capturer, shadow)

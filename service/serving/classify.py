@@ -92,6 +92,8 @@ class ClassifyPath:
         self.model_name = model_name
         # set by the service when capture is on: offered every answered image (see retraining.capture)
         self.capture: Callable[[bytes, np.ndarray, str, list[str]], None] | None = None
+        # set when the registry may name a shadow: offered (image, preprocessed, answer, model) after each answer
+        self.shadow: Callable[[bytes, np.ndarray, np.ndarray, Served], None] | None = None
         self.abstain_below = abstain_below
         self.current = current
         self.admission = admission
@@ -214,7 +216,10 @@ class ClassifyPath:
                 return from_image_error(exc)
             finally:
                 served.batcher.coming -= 1  # in the same step as the submit below: never a gap
-            return await served.batcher.submit(x)
+            out = await served.batcher.submit(x)
+            if self.shadow is not None:
+                self.shadow(data, x, out, served)
+            return out
 
         served.batcher.coming += len(images)
         self.arrivals.arrived()

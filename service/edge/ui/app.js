@@ -214,11 +214,27 @@ function renderModels(models) {
     el("td", {}, v.tag, v.champion ? el("span", { class: "badge succeeded" }, "champion") : null),
     el("td", {}, when(v.created)),
     el("td", {}, pct(v.metrics && v.metrics.test && (v.metrics.test.accuracy ?? v.metrics.test.map))),
-    el("td", {}, v.champion ? "" : el("button", { type: "button", class: "secondary", onclick: () => act("/models/promote", { tag: v.tag, reason: "promoted from the web page" }, "#champion-state") }, "Promote")))));
+    el("td", {}, v.champion ? "" : [
+      el("button", { type: "button", class: "secondary", onclick: () => act("/models/promote", { tag: v.tag, reason: "promoted from the web page" }, "#champion-state") }, "Promote"),
+      " ",
+      models.shadow && models.shadow.tag === v.tag ? null
+        : el("button", { type: "button", class: "secondary", onclick: () => act("/models/shadow", { tag: v.tag, fraction: 0.25, reason: "shadowed from the web page" }, "#shadow-state") }, "Shadow")]))));
+  const s = models.shadow;
+  const seen = s && s.this_worker;
+  $("#shadow-state").replaceChildren(s
+    ? el("span", {}, `shadowing ${s.tag} on ${pct(s.fraction)} of images`, seen && seen.compared
+        ? ` · this worker: agreement ${pct(seen.agreement)} on ${seen.compared} images, ${seen.dropped} dropped while busy` : " · no images compared yet",
+      " ", el("button", { type: "button", class: "secondary", onclick: () => stopShadow() }, "Stop shadowing"))
+    : "no shadow: a version scored beside the champion on live images, off the answer's path");
   $("#history").replaceChildren(...models.history.map((e) => el("li", {},
     el("span", { class: `badge ${e.kind}` }, e.kind), " ", e.tag || "", " · ", when(e.created_at), el("br"), el("span", { class: "muted" }, e.reason))));
   const counts = Object.entries(models.feedback);
   $("#feedback-counts").textContent = counts.length ? counts.map(([k, n]) => `${k}: ${n}`).join(" · ") : "none yet";
+}
+
+async function stopShadow() {
+  try { await call("/models/shadow", { method: "DELETE" }, true); } catch (err) { $("#shadow-state").textContent = err.message; }
+  await refreshOps();
 }
 
 async function act(path, body, where) {
