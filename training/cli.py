@@ -182,7 +182,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     result = audit.audit_split(load_model(args.model), load_splits(DataConfig(source=args.data)), args.split,
                                args.flip, args.seed)  # fmt: skip
-    summary = audit.write(result.suspects, len(result.samples), args.output, result.load, excluded=False)
+    summary = audit.write(result, args.output, excluded=False)
     if result.flipped:
         found = {s.key for s in result.suspects} & result.flipped
         summary |= {"flipped": len(result.flipped), "found": len(found),

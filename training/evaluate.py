@@ -31,15 +31,17 @@ def _recorded_samples(stored: StoredModel, split: str) -> tuple[list[Sample], Ke
     return recorded_samples(record, split, stored.classes), load
 
 
-def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader, batch_size: int = 256):
-    """(scores, targets) of ``stored`` on ``samples`` with its own eval transform (multi-label: multi-hot targets)."""
+def predict_samples(stored: StoredModel, samples: list[Sample], load: KeyLoader, batch_size: int = 256,
+                    embeddings: list[np.ndarray] | None = None):  # fmt: skip
+    """(scores, targets) of ``stored`` on ``samples`` with its own eval transform (multi-label: multi-hot targets);
+    with ``embeddings`` (a list to fill) the penultimate-layer embeddings too, from the same pass."""
     spec = TaskSpec.from_metadata(stored.metadata)
     rt = Execution(torch.device("cpu"), channels_last=True)
     stored.model.to(memory_format=torch.channels_last)
     num_labels = len(stored.classes) if spec.multilabel else None
     dataset = ImageDataset(samples, load, build_eval_transform(stored.preprocessing), num_labels)
     loader = make_loader(dataset, batch_size, train=False, workers=1, seed=0)
-    logits, targets = predict(stored.model, loader, rt, desc="evaluate")
+    logits, targets = predict(stored.model, loader, rt, desc="evaluate", embeddings=embeddings)
     return spec.activate(logits), targets
 
 

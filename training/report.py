@@ -37,18 +37,30 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_suspects(suspects: Sequence, load: Callable[[str], Image.Image], path: Path, per_row: int = 8) -> None:
-    """The label audit's worst suspects: each image with its given label and what the model sees."""
-    rows = (len(suspects) + per_row - 1) // per_row
+def plot_audit(suspects: Sequence, duplicates: Sequence, outliers: Sequence, load: Callable[[str], Image.Image],
+               path: Path, per_row: int = 8) -> None:  # fmt: skip
+    """The data audit's worst findings, a block of rows each: label suspects (the given label and what the model
+    sees), near-duplicate pairs across splits (side by side), outliers."""
+    cells: list[tuple[str, str, str]] = []  # (key, title, colour)
+    blocks = [[(s.key, f"given {s.given[:12]} {s.given_confidence:.2f}\nlooks {s.suggested[:12]}", "red")
+               for s in suspects],
+              [cell for d in duplicates for cell in ((d.key, f"train\n{d.similarity:.3f}", "purple"),
+                                                     (d.other, f"{d.split}\n(its twin)", "purple"))],
+              [(o.key, f"{o.label[:12]}\noutlier {o.distance:.2f}", "darkorange") for o in outliers]]  # fmt: skip
+    for block in blocks:
+        if block:
+            cells += block + [("", "", "")] * (-len(block) % per_row)  # each kind starts a row
+    rows = max(1, (len(cells) + per_row - 1) // per_row)
     fig, axes = plt.subplots(rows, per_row, figsize=(1.7 * per_row, 2.2 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, s in zip(axes.ravel(), suspects, strict=False):
-        img = load(s.key)
-        ax.imshow(img, cmap="gray" if img.mode == "L" else None)
-        ax.set_title(f"given {s.given[:12]} {s.given_confidence:.2f}\nlooks {s.suggested[:12]}", fontsize=7,
-                     color="red")  # fmt: skip
-    fig.suptitle("Label audit: probably mislabelled (worst first)", fontsize=9)
+    for ax, (key, title, colour) in zip(axes.ravel(), cells, strict=False):
+        if key:
+            img = load(key)
+            ax.imshow(img, cmap="gray" if img.mode == "L" else None)
+            ax.set_title(title, fontsize=7, color=colour)
+    fig.suptitle("Data audit, worst first: probably mislabelled (red), near-duplicates across splits (purple), "
+                 "outliers (orange)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -100,12 +100,12 @@ def audit_labels(cfg: TrainConfig, champion: str, exclude: bool, write: bool = T
 
     splits = load_splits(cfg.data)
     result = audit.audit_split(load_model(champion), splits)
-    suspects, audited = result.suspects, len(result.samples)
-    summary = {"audited": audited, "suspects": len(suspects), "excluded": exclude}
-    if write:
-        summary = audit.write(suspects, audited, cfg.run_dir / "report", result.load, excluded=exclude)
-    log.info("label audit: %d of %d training images look mislabelled%s", len(suspects), audited,
-             "; excluded from training" if exclude else "; reported only")  # fmt: skip
+    suspects = result.suspects
+    summary = audit.write(result, cfg.run_dir / "report", excluded=exclude) if write else audit.summary(result, exclude)
+    log.info("data audit: %d of %d training images look mislabelled%s; %d near-duplicates of validation or test "
+             "images, %d outliers", len(suspects), len(result.samples),
+             " (excluded from training)" if exclude else " (reported only)", len(result.duplicates),
+             len(result.outliers))  # fmt: skip
     if exclude and suspects:
         keys = [s.key for s in suspects]
         exclude_keys(splits, keys)
