@@ -52,8 +52,9 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
         return Served(clf, batcher)
 
     def build_shadow(tag: str) -> Served:
-        """A shadow: one inference thread at low priority, no drift monitor, its batches not in the metrics."""
-        clf = build_classifier(load_model(tag), replace(options, drift_sample=0.0), threads=1)
+        """A shadow: its batcher's thread at low priority, no drift monitor, its batches not in the metrics. The
+        champion's thread count (torch's is per process: a different one would change the champion's too)."""
+        clf = build_classifier(load_model(tag), replace(options, drift_sample=0.0))
         return Served(clf, MicroBatcher(clf.infer, settings.max_batch_size, settings.max_latency_ms, nice=10))
 
     follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
