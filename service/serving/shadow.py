@@ -1,11 +1,12 @@
 """Shadow scoring: another version scores a sample of live images beside the champion, off the answer's path.
 
 The registry names the shadow (``POST /models/shadow``); every worker loads it within a poll interval, with
-its own batcher, whose thread runs at low scheduling priority. The champion answers first; then, for a sampled ``fraction`` of
-images, the same preprocessed image goes to the shadow, whose answer is compared with the champion's (top-1
-by class name; multi-label: the label set). It is dropped, and counted, rather than queued when the worker is
-busy (a full batch waiting for the champion) or the shadow already holds two batches: shadow work never
-delays an answer. A disagreement can be captured for labelling (``IMGCLF_CAPTURE`` with ``disagreement``).
+its own batcher, whose thread runs at low scheduling priority. The champion answers first; then, for a sampled
+``fraction`` of images, the same preprocessed image goes to the shadow, whose answer is compared with the
+champion's (top-1 by class name; multi-label: the label set). It is dropped, and counted, rather than queued
+when the worker is busy (a full batch waiting for the champion) or the shadow already holds two batches: shadow
+work never delays an answer. A disagreement can be captured for labelling (``IMGCLF_CAPTURE`` with
+``disagreement``).
 """
 
 from __future__ import annotations
