@@ -45,6 +45,8 @@ class ShadowScorer:
     def poll(self) -> None:
         """Follow the registry: load the named shadow, or let the current one go."""
         config = self.registry.shadow(self.model_name)
+        if config is None:
+            self._failed = None  # a version that failed may be named again later, and is then retried
         current = self.served.classifier.tag if self.served else None
         if config is not None and config.tag == current:
             self.config = config
