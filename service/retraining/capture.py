@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import random
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from service import telemetry
-from service.retraining.feedback import EXTENSIONS
+from service.retraining.feedback import EXTENSIONS, write_once
 from service.retraining.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -116,14 +114,7 @@ class Capturer:
             sha = hashlib.sha256(data).hexdigest()
             with Image.open(io.BytesIO(data)) as img:
                 ext = EXTENSIONS.get(img.format or "", ".img")
-            folder = self.root / self.model_name
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{sha[:32]}{ext}"
-            if not path.exists():
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, path)
+            path = write_once(self.root / self.model_name / f"{sha[:32]}{ext}", data)
             c = candidate
             if self.registry.add_capture(self.model_name, sha, str(path), len(data), c.reason, tag,
                                          classes[c.predicted], c.confidence, c.margin):  # fmt: skip

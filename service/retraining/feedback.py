@@ -31,6 +31,17 @@ class Feedback:
     duplicate: bool
 
 
+def write_once(path: Path, data: bytes) -> Path:
+    """Keep ``data`` at ``path`` unless it is there already, atomically: a reader never sees half an image."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    return path
+
+
 def label_folder(label: str) -> str:
     return quote(label, safe=" -_.+()")
 
@@ -53,13 +64,7 @@ def save_feedback(registry: Registry, root: Path, model_name: str, data: bytes, 
     except ImageError as exc:
         raise from_image_error(exc, "feedback image") from None
     sha = hashlib.sha256(data).hexdigest()
-    folder = root / model_name / label_folder(label)
-    path = folder / f"{sha[:32]}{EXTENSIONS.get(img.format or '', '.img')}"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)  # atomic: a retrain never reads half an image
+    path = root / model_name / label_folder(label) / f"{sha[:32]}{EXTENSIONS.get(img.format or '', '.img')}"
+    write_once(path, data)
     new = registry.add_feedback(model_name, sha, label, str(path))
     return Feedback(sha, label, path, duplicate=not new)

@@ -405,11 +405,15 @@ class Registry:
         return self.capture(model_name, sha256)[0]
 
     def capture_counts(self, model_name: str) -> dict[str, int]:
-        t = db.captures
+        return self._count_by(db.captures.c.status, model_name)
+
+    def _count_by(self, column: sa.Column, model_name: str) -> dict[str, int]:
+        """Rows of ``column``'s table for ``model_name``, counted by that column's value."""
+        t = column.table
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.status, sa.func.count()).where(t.c.model_name == model_name)
-                                .group_by(t.c.status))  # fmt: skip
-            return {status: int(n) for status, n in rows}
+            rows = conn.execute(sa.select(column, sa.func.count()).where(t.c.model_name == model_name)
+                                .group_by(column))  # fmt: skip
+            return {value: int(n) for value, n in rows}
 
     def capture_bytes(self, model_name: str) -> int:
         t = db.captures
@@ -437,11 +441,7 @@ class Registry:
             return int(conn.execute(query).scalar() or 0)
 
     def feedback_counts(self, model_name: str) -> dict[str, int]:
-        t = db.feedback
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.label, sa.func.count()).where(t.c.model_name == model_name)
-                                .group_by(t.c.label))  # fmt: skip
-            return {label: int(n) for label, n in rows}
+        return self._count_by(db.feedback.c.label, model_name)
 
 
 # Every public registry call retries when the database is unreachable or locked (see ``retrying``).
