@@ -89,9 +89,9 @@ class ImageClassifier:
     def __init__(self) -> None:
         registry = Registry(settings.database_url, settings.database_timeout_seconds)
         self.worker = build_worker(settings, registry)
-        shadow_status = self.worker.shadow.status if self.worker.shadow else (lambda: None)
+        rollout_status = self.worker.rollout.status if self.worker.rollout else (lambda: None)
         self.ops = Operations(settings, registry, self.worker.follower, refresh=self.worker.periodic.wake,
-                              shadow_status=shadow_status)  # fmt: skip
+                              rollout_status=rollout_status)  # fmt: skip
         self.worker.follower.load()
         self.worker.periodic.tasks += [self.ops.tick, telemetry.observe_process]
         if settings.mlflow_tracking_uri:  # the loop's decisions, mirrored where the team looks

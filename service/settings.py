@@ -10,7 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.inference.options import InferenceOptions
-from service.retraining.records import RetrainPolicies
+from service.retraining.records import RetrainPolicies, RolloutPlan
 from training._env import REPO_ROOT
 
 Runtime = Literal[
@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     capture_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Disk quota of the captured images.")
     capture_retention_hours: float = Field(24 * 14, gt=0, description="Captures older than this are deleted.")
     near_tie_margin: float = Field(0.1, gt=0, lt=1, description="Top-1 minus top-2 score below which it is a tie.")
+    rollout: RolloutPlan = Field(
+        default_factory=RolloutPlan,
+        description="What a challenger that passed the gate goes through, as JSON, e.g. '{\"stages\": [\"shadow\", "
+        "\"canary\"]}' with each stage's fraction, minimum requests and minutes and the guards' thresholds (default: "
+        "no stages, promoted at once; a retrain request's 'rollout' overrides it).",
+    )  # fmt: skip
     gate_tolerance: float = Field(0.01, ge=0, le=1, description="Challenger accuracy may trail by this much.")
     gate_max_recall_drop: float = Field(
         0.05, ge=0, le=1, description="Largest allowed per-class recall drop (multi-label: per-label AP drop)."

@@ -12,7 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from service.inference.answers import Verdict
     from service.inference.drift import DriftStatus
-    from service.retraining.records import Job
+    from service.retraining.records import Job, Rollout
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -74,12 +74,30 @@ DRIFT_CLASS_SHIFT = Gauge("imgclf_drift_class_shift", "Total variation between t
 DRIFT_CONFIDENCE = Gauge("imgclf_drift_mean_confidence", "Mean top-1 score: of the live window, and of the "
                          "validation split the reference was taken on.", ["sample"],
                          multiprocess_mode="livemin")  # fmt: skip
-SHADOW_IMAGES = Counter("imgclf_shadow_images_total", "Images offered to the shadow version, by result: agreed or "
-                        "disagreed with the champion, dropped (worker busy), failed.", ["result"])  # fmt: skip
-SHADOW_AGREEMENT = Gauge("imgclf_rollout_shadow_agreement", "Share of shadow-scored images on which the shadow's "
-                         "answer matched the champion's (lowest worker).", multiprocess_mode="livemin")  # fmt: skip
-SHADOW_INFO = Gauge("imgclf_shadow_info", "The version shadowing the champion (value 1; none: no series at 1).",
-                    ["tag"], multiprocess_mode="mostrecent")  # fmt: skip
+SHADOW_IMAGES = Counter("imgclf_rollout_shadow_images_total", "Images offered to the shadow challenger, by "
+                        "result: agreed or disagreed with the champion, dropped (worker busy), failed.",
+                        ["result"])  # fmt: skip
+SHADOW_AGREEMENT = Gauge("imgclf_rollout_shadow_agreement", "Share of shadow-scored images on which the challenger's "
+                         "answer matched the champion's, this stage (lowest worker).",
+                         multiprocess_mode="livemin")  # fmt: skip
+ROLLOUT_STAGE = Gauge("imgclf_rollout_stage", "The active rollout's stage: 0 none, 1 shadow, 2 canary.",
+                      multiprocess_mode="livemax")  # fmt: skip
+ROLLOUT_STAGE_SECONDS = Gauge("imgclf_rollout_stage_seconds", "Seconds the active rollout has been in its stage "
+                              "(0: none).", multiprocess_mode="livemax")  # fmt: skip
+ROLLOUT_INFO = Gauge("imgclf_rollout_info", "The challenger being rolled out and its stage (value 1).",
+                     ["tag", "stage"], multiprocess_mode="mostrecent")  # fmt: skip
+ROLLOUT_IMAGES = Counter("imgclf_rollout_requests_total", "Images answered or scored during a rollout, by the "
+                         "version that did it (champion and challenger).", ["version"])  # fmt: skip
+ROLLOUT_GUARD_VALUE = Gauge("imgclf_rollout_guard_value", "Each guard's live value as last judged (NaN: not "
+                            "enough evidence yet).", ["guard"], multiprocess_mode="mostrecent")  # fmt: skip
+ROLLOUT_GUARD_THRESHOLD = Gauge("imgclf_rollout_guard_threshold", "Each guard's threshold.", ["guard"],
+                                multiprocess_mode="mostrecent")  # fmt: skip
+ROLLOUT_ABORTS = Counter("imgclf_rollout_aborts_total", "Rollouts aborted, by reason: the failed guard, operator, "
+                         "champion_changed or load_failed.", ["reason"])  # fmt: skip
+ROLLOUT_PROMOTIONS = Counter("imgclf_rollout_promotions_total", "Rollouts that ended with the challenger promoted, "
+                             "by who decided: guards (automatic) or operator.", ["by"])  # fmt: skip
+GUARDS = ("error_rate", "latency_ratio", "low_confidence_increase", "disagreement", "feedback_accuracy")
+ABORT_REASONS = (*GUARDS, "operator", "champion_changed", "load_failed")
 PROCESS_CPU = Counter("imgclf_process_cpu_seconds_total", "CPU time of the worker processes (user + system).")
 PROCESS_RSS = Gauge("imgclf_process_resident_memory_bytes", "Resident memory of each worker process.",
                     multiprocess_mode="liveall")  # fmt: skip
@@ -142,13 +160,38 @@ def observe_job(job: Job) -> None:
             CHALLENGER_ACCURACY.labels(job.model_name).set(decision.challenger_score)
 
 
-def set_shadow(tag: str | None) -> None:
-    if tag is None:
-        previous = _current.pop(SHADOW_INFO, None)
+def init_rollout_series() -> None:
+    """Every rollout series from start-up, at zero (so a dashboard and an alert see them before any rollout)."""
+    for reason in ABORT_REASONS:
+        ROLLOUT_ABORTS.labels(reason)
+    for by in ("guards", "operator"):
+        ROLLOUT_PROMOTIONS.labels(by)
+    for result in ("agreed", "disagreed", "dropped", "failed"):
+        SHADOW_IMAGES.labels(result)
+    set_rollout(None)
+
+
+def set_rollout(rollout: Rollout | None) -> None:
+    """The active rollout as this worker last read it from the registry (None: no rollout)."""
+    import datetime as dt
+    import math
+
+    stage = rollout.stage if rollout else None
+    ROLLOUT_STAGE.set({"shadow": 1, "canary": 2}.get(stage or "", 0))
+    since = dt.datetime.fromisoformat(rollout.stage_started_at) if rollout else None
+    ROLLOUT_STAGE_SECONDS.set((dt.datetime.now(dt.UTC) - since).total_seconds() if since else 0)
+    judged = {g.guard: g for g in rollout.guards} if rollout else {}
+    for name in GUARDS:
+        g = judged.get(name)
+        ROLLOUT_GUARD_VALUE.labels(name).set(g.value if g and g.value is not None else math.nan)
+        if g is not None:
+            ROLLOUT_GUARD_THRESHOLD.labels(name).set(g.threshold)
+    if rollout is None:
+        previous = _current.pop(ROLLOUT_INFO, None)
         if previous is not None:
-            SHADOW_INFO.labels(*previous).set(0)
+            ROLLOUT_INFO.labels(*previous).set(0)
         return
-    _mark_current(SHADOW_INFO, tag)
+    _mark_current(ROLLOUT_INFO, rollout.tag, stage or "")
 
 
 def set_drift(status: DriftStatus | None) -> None:

@@ -9,35 +9,19 @@ import time
 
 import httpx
 import pytest
-import torch
 from conftest import colour_image, encode
 
 from harness.server import Server
-from training import store
+from harness.variants import variant
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer shadow"}
 
 
-def clone(tag: str, rotate: int = 0) -> str:
-    """A new version of ``tag``'s model: the same weights, the classifier's rows rotated by ``rotate``."""
-    stored = store.load_model(tag)
-    meta = stored.metadata
-    head = stored.model.get_classifier()
-    with torch.no_grad():
-        head.weight.copy_(head.weight.roll(rotate, dims=0))
-        head.bias.copy_(head.bias.roll(rotate, dims=0))
-    saved = store.save_model(tag.split(":")[0], stored.model, architecture=meta["architecture"],
-                             model_kwargs=meta["model_kwargs"], classes=stored.classes,
-                             preprocessing=stored.preprocessing, metrics=meta["metrics"], config=meta["config"],
-                             fingerprint=meta["dataset_fingerprint"], split=stored.split())  # fmt: skip
-    return str(saved.tag)
-
-
 def counts(server: Server) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in httpx.get(server.base + "/metrics").text.splitlines():
-        if line.startswith("imgclf_shadow_images_total{"):
+        if line.startswith("imgclf_rollout_shadow_images_total{"):
             out[line.split('result="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
     return out
 
@@ -79,7 +63,7 @@ def wait_loaded(server: Server, tag: str | None, timeout: float = 60) -> None:
 
 def test_a_shadow_scores_live_images_beside_the_champion(trained_model, tmp_path):
     champion = trained_model[0]
-    same, rotated = clone(champion), clone(champion, rotate=1)
+    same, rotated = variant(champion), variant(champion, rotate=1)
     env = dict(IMGCLF_MODEL_NAME=champion.split(":")[0], IMGCLF_RUNTIME="torch", IMGCLF_WORKERS="2",
                IMGCLF_ADMIN_TOKEN="shadow", IMGCLF_REGISTRY_POLL_SECONDS="1", IMGCLF_CAPTURE='["disagreement"]',
                IMGCLF_CAPTURE_SAMPLE="1", IMGCLF_CAPTURE_DIR=str(tmp_path / "capture"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse
@@ -25,12 +26,15 @@ from service.edge.schemas import (
     PoliciesResponse,
     PromoteRequest,
     RollbackRequest,
+    RolloutDecisionRequest,
+    RolloutRequest,
+    RolloutResponse,
     ShadowRequest,
     error_responses,
 )
 from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.retraining.operations import Operations
-from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest, Shadow
+from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest, Rollout
 
 ADMIN_ERRORS = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
                                HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT, HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
@@ -81,7 +85,9 @@ def create_admin_router(get_ops: Callable[[], Operations]) -> APIRouter:
     @router.get("/jobs/{job_id}", response_model=JobInfo, summary="One job: progress, log tail, decision")
     def job(job_id: str, ops: Operations = Admin) -> JobInfo:
         job = ops.registry.job(job_id)
-        return JobInfo(**job.model_dump(), log_tail=ops.log_tail(job))
+        rollout_id = job.decision.rollout_id if job.decision else None
+        rollout = ops.registry.rollout_by_id(rollout_id) if rollout_id else None
+        return JobInfo(**job.model_dump(), log_tail=ops.log_tail(job), rollout=rollout)
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobInfo, summary="Cancel a queued or running job")
     def cancel(job_id: str, ops: Operations = Admin) -> JobInfo:
@@ -96,14 +102,32 @@ def create_admin_router(get_ops: Callable[[], Operations]) -> APIRouter:
     def promote(body: PromoteRequest, ops: Operations = Admin) -> ChampionEvent:
         return ops.promote(body.tag, body.reason)
 
-    @router.post("/models/shadow", response_model=Shadow,
-                 summary="Score a version beside the champion on live images (every worker)")  # fmt: skip
+    @router.post("/models/shadow", response_model=dict[str, Any],
+                 summary="Score a version beside the champion on live images, observing only")  # fmt: skip
     def shadow(body: ShadowRequest, ops: Operations = Admin) -> dict | None:
         return ops.shadow(body.tag, body.fraction, body.reason)
 
-    @router.delete("/models/shadow", status_code=204, summary="Stop shadowing")
+    @router.delete("/models/shadow", status_code=204, summary="Stop shadowing (aborts the active rollout)")
     def stop_shadow(ops: Operations = Admin) -> None:
         ops.shadow(None)
+
+    @router.get("/rollout", response_model=RolloutResponse,
+                summary="The active rollout: stage, guards with live values and thresholds, decisions")  # fmt: skip
+    def rollout(ops: Operations = Admin) -> dict:
+        return ops.rollout()
+
+    @router.post("/rollout", response_model=Rollout, status_code=201,
+                 summary="Roll a version out: shadow, then canary, then champion (or the plan given)")  # fmt: skip
+    def start_rollout(body: RolloutRequest, ops: Operations = Admin) -> Rollout:
+        return ops.start_rollout(body.tag, body.reason, body.plan)
+
+    @router.post("/rollout/promote", response_model=Rollout, summary="Promote the rollout's challenger now")
+    def promote_rollout(body: RolloutDecisionRequest | None = None, ops: Operations = Admin) -> Rollout:
+        return ops.decide_rollout(True, (body or RolloutDecisionRequest()).reason)
+
+    @router.post("/rollout/abort", response_model=Rollout, summary="Abort the rollout: the champion answers all")
+    def abort_rollout(body: RolloutDecisionRequest | None = None, ops: Operations = Admin) -> Rollout:
+        return ops.decide_rollout(False, (body or RolloutDecisionRequest()).reason)
 
     @router.post("/models/rollback", response_model=ChampionEvent, summary="Serve the previous champion again")
     def rollback(body: RollbackRequest | None = None, ops: Operations = Admin) -> ChampionEvent:

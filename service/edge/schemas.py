@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies
+from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, Rollout, RolloutPlan
 
 TASK_DESCRIPTION = (
     "multiclass: the top-k classes. multilabel: every label at or above its threshold (top-k by score when top_k "
@@ -145,6 +145,8 @@ class LabelRequest(BaseModel):
 
 class JobInfo(Job):
     log_tail: list[str] = Field(default_factory=list, description="The last lines of the job's log.")
+    rollout: Rollout | None = Field(None, description="The rollout the job's challenger went on to: its stage, "
+                                    "guards and decisions.")  # fmt: skip
 
 
 class JobAccepted(BaseModel):
@@ -176,6 +178,31 @@ class ShadowRequest(BaseModel):
     reason: str = Field("manual shadow", max_length=500)
 
 
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(..., min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$",
+                     description="The challenger (name:version, or an alias).")  # fmt: skip
+    reason: str = Field("manual rollout", max_length=500)
+    plan: RolloutPlan | None = Field(None, description="Stages, their fractions and minimums, and the guards "
+                                     "(default: IMGCLF_ROLLOUT's, else shadow then canary).")  # fmt: skip
+
+
+class RolloutDecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("decided by hand", max_length=500)
+
+
+class RolloutResponse(BaseModel):
+    active: dict[str, Any] | None = Field(
+        ..., description="The active rollout: its record, every worker's counts merged (``counts``), the answering "
+        "worker's (``this_worker``).",
+    )  # fmt: skip
+    recent: list[Rollout] = Field(..., description="The latest rollouts, newest first, with their decisions.")
+    default_plan: RolloutPlan = Field(..., description="IMGCLF_ROLLOUT: what a passing challenger goes through.")
+
+
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -197,9 +224,10 @@ class ModelsResponse(BaseModel):
     history: list[ChampionEvent] = Field(..., description="Promotions, refusals and rollbacks, newest first.")
     feedback: dict[str, int] = Field(..., description="Feedback images collected per label.")
     shadow: dict[str, Any] | None = Field(
-        None, description="The version scored beside the champion, and what the answering worker saw of it: "
-        "images compared, agreement with the champion, dropped while busy.",
+        None, description="The challenger in shadow, and what the answering worker saw of it: images compared, "
+        "agreement with the champion, dropped while busy.",
     )  # fmt: skip
+    rollout: dict[str, Any] | None = Field(None, description="The active rollout (as GET /rollout's ``active``).")
 
 
 class FeedbackResponse(BaseModel):

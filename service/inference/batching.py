@@ -66,6 +66,11 @@ class MicroBatcher:
         self.coming = 0  # images being decoded that will be submitted soon
         self.also_coming: Callable[[], int] = lambda: 0  # e.g. requests still being received
 
+    def warm_up(self, x: np.ndarray) -> None:
+        """Run ``x`` (a batch) once on the inference thread itself, before any request: a runtime's per-thread
+        set-up is then not paid by the first answers. Blocks; call it before serving."""
+        self._executor.submit(self.infer, x).result()
+
     def _ensure_started(self) -> asyncio.Queue[_Item]:
         if self._queue is None or self._task is None or self._task.done():
             self._queue = asyncio.Queue()

@@ -81,8 +81,10 @@ def build_classifier(
     runtime, report = choose_runtime(stored, options, threads)
     clf = Classifier(stored, runtime, options.max_pixels, report)
     warm = np.zeros((options.max_batch_size, *clf.input_shape), np.float32)
-    clf.infer(warm)
-    clf.infer(warm[:1])
+    size = options.max_batch_size
+    while size >= 1:  # every power-of-two batch size: a runtime's first batch of a new size is slow
+        clf.infer(warm[:size])
+        size //= 2
     reference = stored.drift_reference() if options.drift_sample > 0 else None
     if reference is not None:  # after the warm-up: zeros are not traffic
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)

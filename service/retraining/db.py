@@ -124,14 +124,49 @@ captures = sa.Table(
     sa.Column("labelled_at", sa.DateTime(timezone=True)),
 )  # fmt: skip
 
-# The version every worker scores beside the champion, at most one per model name (version 4).
-shadows = sa.Table(
-    "shadows", metadata,
-    sa.Column("model_name", sa.String(200), primary_key=True),
+# Rollouts (version 5): a challenger's way to champion through shadow and canary, at most one active per name.
+rollouts = sa.Table(
+    "rollouts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),
     sa.Column("tag", sa.String(255), nullable=False),
-    sa.Column("fraction", sa.Float, nullable=False),
+    sa.Column("champion_tag", sa.String(255)),
+    sa.Column("status", sa.String(16), nullable=False),  # active promoted aborted
+    sa.Column("stage", sa.String(16)),  # shadow canary (while active)
+    sa.Column("plan", sa.JSON, nullable=False),
+    sa.Column("job_id", sa.String(32)),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("stage_started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("guards", sa.JSON),  # as last judged
+    sa.Column("history", sa.JSON, nullable=False),
+)  # fmt: skip
+
+# One row per model name while a rollout is active: the primary key makes "one at a time" race-free.
+active_rollouts = sa.Table(
+    "active_rollouts", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("rollout_id", sa.Integer, nullable=False),
+)  # fmt: skip
+
+# Each worker's running totals of a rollout's stage (rollout.Tally as JSON), overwritten as they grow.
+rollout_tallies = sa.Table(
+    "rollout_tallies", metadata,
+    sa.Column("rollout_id", sa.Integer, primary_key=True),
+    sa.Column("stage", sa.String(16), primary_key=True),
+    sa.Column("worker", sa.String(200), primary_key=True),
+    sa.Column("tally", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
+# What each side answered for a sample of rollout images, by content: feedback on them judges both sides.
+rollout_answers = sa.Table(
+    "rollout_answers", metadata,
+    sa.Column("rollout_id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(16), primary_key=True),  # champion challenger
+    sa.Column("predicted", sa.String(200), nullable=False),
 )  # fmt: skip
 
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -169,11 +204,29 @@ def _v4(conn: Connection) -> None:
     _add_columns(conn, jobs, jobs.c.trigger)
     policies.create(conn, checkfirst=True)
     captures.create(conn, checkfirst=True)
-    shadows.create(conn, checkfirst=True)
+    _V4_SHADOWS.create(conn, checkfirst=True)
+
+
+# Version 4's single shadow per model name (dropped by version 5: a rollout's shadow stage replaces it).
+_V4_SHADOWS = sa.Table(
+    "shadows", sa.MetaData(),
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("tag", sa.String(255), nullable=False),
+    sa.Column("fraction", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+
+
+def _v5(conn: Connection) -> None:
+    """Rollouts (shadow, canary, champion) replace the single shadow of version 4."""
+    for table in (rollouts, active_rollouts, rollout_tallies, rollout_answers):
+        table.create(conn, checkfirst=True)
+    _V4_SHADOWS.drop(conn, checkfirst=True)
 
 
 # Append (version, function) to change the schema; never edit a released step.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from service.errors import Conflict
 from service.retraining import gate, stats
-from service.retraining.records import Decision, Job, PairedComparison
+from service.retraining.conductor import Conductor
+from service.retraining.records import Decision, Job, PairedComparison, RetrainRequest
 from service.retraining.registry import Registry
 from service.settings import Settings
 from training import store
@@ -55,7 +56,16 @@ def judge(registry: Registry, settings: Settings, job: Job, challenger: str) -> 
         "holdout": f"{champion or challenger} test split ({len(holdout['test'])} images)",
         "champion_tag": champion, "challenger_tag": challenger})  # fmt: skip
     recorded = dict(challenger=challenger_m, champion=champion_m, job_id=job.id)
-    if decision.promote and job.request.get("auto_promote", True):
+    plan = RetrainRequest.model_validate(job.request).rollout or settings.rollout
+    if decision.promote and job.request.get("auto_promote", True) and champion and not plan.direct:
+        try:
+            rollout = Conductor(job.model_name, registry, plan).start(challenger, decision.reason, job_id=job.id)
+            decision.rollout_id = rollout.id
+            decision.reason += f"; rolling out: {' -> '.join([*plan.stages, 'champion'])} (rollout {rollout.id})"
+        except Conflict as exc:
+            decision.reason += f"; not rolled out: {exc}"
+            registry.refuse(job.model_name, challenger, decision.reason, **recorded)
+    elif decision.promote and job.request.get("auto_promote", True):
         try:
             registry.promote(job.model_name, challenger, decision.reason, replacing=champion, **recorded)
             decision.promoted = True

@@ -14,9 +14,20 @@ from service import telemetry
 from service.errors import InvalidInput, NotFound, Unavailable
 from service.inference.drift import DriftStatus
 from service.retraining.backends import Backend, make_backend, sweep
+from service.retraining.conductor import Conductor
 from service.retraining.feedback import Feedback, save_feedback
 from service.retraining.policies import Autopilot
-from service.retraining.records import Capture, ChampionEvent, Job, RetrainPolicies, RetrainRequest, Trigger
+from service.retraining.records import (
+    Capture,
+    ChampionEvent,
+    Job,
+    RetrainPolicies,
+    RetrainRequest,
+    Rollout,
+    RolloutPlan,
+    StagePlan,
+    Trigger,
+)
 from service.retraining.registry import Registry
 from service.retraining.requests import job_config
 from service.serving.follower import ModelFollower
@@ -25,6 +36,7 @@ from training import store
 from training.stored import StoredModel
 
 log = logging.getLogger(__name__)
+STAGES = ["shadow", "canary"]
 
 
 class JobStartFailed(Unavailable):
@@ -37,14 +49,15 @@ class Operations:
 
     def __init__(self, settings: Settings, registry: Registry, follower: ModelFollower,
                  refresh: Callable[[], None] = lambda: None, backend: Backend | None = None,
-                 shadow_status: Callable[[], dict | None] = lambda: None):  # fmt: skip
+                 rollout_status: Callable[[], dict | None] = lambda: None):  # fmt: skip
         self.settings = settings
         self.registry = registry
         self.follower = follower
         self.refresh = refresh
         self.backend = backend or make_backend(settings, registry)
         self.model_name = settings.model_name
-        self.shadow_status = shadow_status
+        self.rollout_status = rollout_status  # what this worker loaded and counted of the active rollout
+        self.conductor = Conductor(self.model_name, registry, settings.rollout)
         self.autopilot = Autopilot(self.model_name, settings.retrain_policies, registry, self._drift,
                                    self.start_retrain)  # fmt: skip
 
@@ -83,6 +96,8 @@ class Operations:
         sweep(self.registry, self.backend, self.settings.job_stale_seconds)
         for job in self.registry.claim_unobserved():
             telemetry.observe_job(job)
+        if self.conductor.tick() is not None:  # a stage changed, or the rollout ended: follow it now
+            self.refresh()
         self.autopilot.tick()
 
     def _drift(self) -> DriftStatus | None:
@@ -119,15 +134,49 @@ class Operations:
         self.refresh()
         return event
 
-    def shadow(self, tag: str | None, fraction: float = 0.25, reason: str = "") -> dict | None:
-        """Have every worker score ``tag`` beside the champion (None: stop); it must load and not be the champion."""
-        if tag is not None:
-            tag, _ = self._loadable(tag)
-            if tag == self.registry.champion(self.model_name):
-                raise InvalidInput(f"{tag} is the champion; shadow another version", reason="shadow_is_champion")
-        named = self.registry.set_shadow(self.model_name, tag, fraction, reason)
+    # ------------------------------------------------------------ rollouts
+    def start_rollout(self, tag: str, reason: str, plan: RolloutPlan | None = None) -> Rollout:
+        """Roll ``tag`` out on ``plan`` (default: IMGCLF_ROLLOUT's); with no stages named, shadow then canary."""
+        tag, _ = self._loadable(tag)
+        plan = plan or self.settings.rollout
+        if "stages" not in plan.model_fields_set and plan.direct:  # stages not said: shadow, then canary
+            plan = plan.model_copy(update={"stages": STAGES})
+        if plan.direct:
+            raise InvalidInput("a rollout needs at least one stage (shadow, canary); to promote at once use "
+                               "POST /models/promote", reason="no_stages")  # fmt: skip
+        rollout = self.conductor.start(tag, reason, plan)
         self.refresh()
-        return named.model_dump() if named else None
+        return rollout
+
+    def decide_rollout(self, promote: bool, reason: str) -> Rollout:
+        rollout = self.conductor.decide_by_hand(promote, reason)
+        self.refresh()
+        return rollout
+
+    def rollout(self) -> dict[str, Any]:
+        """The active rollout (merged counts of every worker, and this worker's), and the recent ones."""
+        active = self.conductor.status()
+        if active is not None:
+            active["this_worker"] = self.rollout_status()
+        recent = [r.model_dump(mode="json") for r in self.registry.rollouts(self.model_name, limit=10)]
+        return {"active": active, "recent": recent, "default_plan": self.settings.rollout.model_dump(mode="json")}
+
+    def shadow(self, tag: str | None, fraction: float = 0.25, reason: str = "") -> dict | None:
+        """Have every worker score ``tag`` beside the champion, observing only (None: stop the active rollout)."""
+        if tag is None:
+            if self.registry.rollout(self.model_name) is not None:
+                self.decide_rollout(False, reason or "shadow stopped")
+            return None
+        tag, _ = self._loadable(tag)
+        if tag == self.registry.champion(self.model_name):
+            raise InvalidInput(f"{tag} is the champion; shadow another version", reason="shadow_is_champion")
+        plan = RolloutPlan(stages=["shadow"], shadow=StagePlan(fraction=fraction, min_requests=0, min_minutes=0),
+                           guards=None, promote=False)  # fmt: skip
+        active = self.registry.rollout(self.model_name)
+        if active is not None and active.plan == plan.model_copy(update={"shadow": active.plan.shadow}):
+            self.decide_rollout(False, f"replaced by a shadow of {tag}")  # one observing shadow replaces another
+        self.start_rollout(tag, reason or "manual shadow", plan)
+        return self._shadow()
 
     def _loadable(self, tag: str) -> tuple[str, StoredModel]:
         """The exact stored version ``tag`` names, loaded (a damaged model is refused before any use)."""
@@ -160,13 +209,20 @@ class Operations:
         ]  # fmt: skip
         return {"name": self.model_name, "champion": champion, "versions": versions,
                 "history": self.registry.history(self.model_name),
-                "feedback": self.registry.feedback_counts(self.model_name), "shadow": self._shadow()}  # fmt: skip
+                "feedback": self.registry.feedback_counts(self.model_name), "shadow": self._shadow(),
+                "rollout": self.conductor.status()}  # fmt: skip
 
     def _shadow(self) -> dict | None:
-        named = self.registry.shadow(self.model_name)
-        if named is None:
+        """The challenger in shadow, as the web page shows it: what this worker compared."""
+        rollout = self.registry.rollout(self.model_name)
+        if rollout is None or rollout.stage != "shadow":
             return None
-        return self.shadow_status() or named.model_dump()
+        mine = self.rollout_status() or {}
+        seen = {"compared": mine.get("compared", 0), "agreement": mine.get("agreement"),
+                "dropped": mine.get("dropped", 0)}  # fmt: skip
+        return {"tag": rollout.tag, "fraction": rollout.fraction, "reason": rollout.reason,
+                "started_at": rollout.started_at, "rollout_id": rollout.id, "loaded": bool(mine.get("loaded")),
+                "this_worker": seen}  # fmt: skip
 
     # ------------------------------------------------------------ the labelling queue
     def captures(self, status: str | None, limit: int) -> dict[str, Any]:

@@ -13,6 +13,104 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 EventKind = Literal["initial", "promoted", "refused", "manual", "rollback"]
 
 
+Stage = Literal["shadow", "canary"]
+RolloutStatus = Literal["active", "promoted", "aborted"]
+
+
+class StagePlan(BaseModel):
+    """How much of the traffic a stage sees, and when it may end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.25, gt=0, le=1, description="Shadow: share of images the challenger also scores. "
+                            "Canary: share of requests the challenger answers.")  # fmt: skip
+    min_requests: int = Field(500, ge=0, le=10**9, description="Challenger answers (canary) or comparisons "
+                              "(shadow) before the stage may end.")  # fmt: skip
+    min_minutes: float = Field(5, ge=0, le=60 * 24 * 30, description="...and at least this long in the stage.")
+
+
+class Guards(BaseModel):
+    """Live checks of the challenger against the champion; one that fails aborts the rollout. Each is judged
+    once its evidence is enough (``min_requests`` answers per side, ``min_feedback`` labels per side)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of the challenger's images that failed.")
+    max_latency_ratio: float = Field(2.0, ge=1, description="Challenger's p99 model latency over the champion's "
+                                     "(canary: both answer live requests at the same priority).")  # fmt: skip
+    max_low_confidence_increase: float = Field(0.10, ge=0, le=1, description="Challenger's share of answers "
+                                               "below IMGCLF_LOW_CONFIDENCE minus the champion's.")  # fmt: skip
+    max_disagreement: float = Field(0.20, ge=0, le=1, description="Shadow: share of compared images whose top-1 "
+                                    "(multi-label: label set) differs from the champion's.")  # fmt: skip
+    feedback_tolerance: float = Field(0.05, ge=0, le=1, description="Challenger's accuracy on feedback labels of "
+                                      "images it answered may trail the champion's by this much.")  # fmt: skip
+    min_requests: int = Field(100, ge=1, description="Answers per side before a rate or latency guard is judged.")
+    min_feedback: int = Field(30, ge=1, description="Feedback labels per side before the feedback guard is judged.")
+
+
+class RolloutPlan(BaseModel):
+    """The stages a challenger passes after the offline gate (none: promoted at once, ``direct``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[Stage] = Field(default_factory=list, max_length=2, description="In order, e.g. "
+                                "[\"shadow\", \"canary\"]; [] promotes at once (direct).")  # fmt: skip
+    shadow: StagePlan = Field(default_factory=StagePlan)
+    canary: StagePlan = Field(default_factory=lambda: StagePlan(fraction=0.1))
+    guards: Guards | None = Field(default_factory=Guards, description="None: observe only, never abort.")
+    promote: bool = Field(True, description="Promote after the last stage by itself (off: it waits there for "
+                          "POST /rollout/promote).")  # fmt: skip
+
+    @property
+    def direct(self) -> bool:
+        return not self.stages
+
+
+class GuardValue(BaseModel):
+    """One guard as last judged: its live value, its threshold, and whether it holds."""
+
+    guard: str
+    value: float | None = Field(None, description="None: not enough evidence yet.")
+    threshold: float
+    ok: bool | None = Field(None, description="None: not judged yet (see ``evidence``).")
+    evidence: str = ""
+
+
+class RolloutStep(BaseModel):
+    """One decision of a rollout: it started, changed stage, was promoted or aborted."""
+
+    at: str
+    action: Literal["started", "advanced", "promoted", "aborted"]
+    stage: Stage | None = None
+    reason: str
+    guards: list[GuardValue] = Field(default_factory=list)
+
+
+class Rollout(BaseModel):
+    """A challenger on its way to champion, stage by stage; at most one active per model name."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+    model_name: str
+    tag: str = Field(..., description="The challenger.")
+    champion_tag: str | None = Field(None, description="The champion it is compared with and would replace.")
+    status: RolloutStatus
+    stage: Stage | None = Field(None, description="The current stage while active.")
+    plan: RolloutPlan
+    job_id: str | None = None
+    reason: str = ""
+    started_at: str
+    stage_started_at: str
+    ended_at: str | None = None
+    guards: list[GuardValue] = Field(default_factory=list, description="As last judged.")
+    history: list[RolloutStep] = Field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return getattr(self.plan, self.stage).fraction if self.stage else 0.0
+
+
 class RetrainRequest(BaseModel):
     """What an operator (or a policy) asks of a retraining job."""
 
@@ -40,6 +138,7 @@ class RetrainRequest(BaseModel):
         examples=[{"optim.lr": 0.001}],
     )
     auto_promote: bool = Field(True, description="Promote the new model when it passes the gate.")
+    rollout: RolloutPlan | None = Field(None, description="The stages after the gate (default: IMGCLF_ROLLOUT).")
 
 
 PolicyName = Literal["schedule", "feedback", "drift", "low_confidence"]
@@ -76,18 +175,6 @@ class RetrainPolicies(BaseModel):
     def enabled(self) -> bool:
         return any(v is not None for v in (self.schedule_hours, self.feedback_labels, self.drift_minutes,
                                            self.low_confidence_share))  # fmt: skip
-
-
-class Shadow(BaseModel):
-    """A version every worker scores beside the champion, off the answer's path (the first stage of a rollout)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model_name: str
-    tag: str
-    fraction: float = Field(..., description="Share of classified images the shadow also scores.")
-    reason: str = ""
-    started_at: str
 
 
 CaptureStatus = Literal["pending", "labelled", "skipped", "none"]
@@ -156,6 +243,8 @@ class Decision(BaseModel):
     champion_tag: str | None = None
     challenger_tag: str | None = None
     promoted: bool = Field(False, description="The challenger became champion.")
+    rollout_id: int | None = Field(None, description="The rollout it went on to (shadow, canary) instead.")
+    evaluation: PairedComparison | None = Field(None, description="The same test on the rolling evaluation set.")
 
     @property
     def challenger_score(self) -> float | None:

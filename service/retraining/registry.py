@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import Conflict, JobConflict, NotFound, RegistryUnavailable
 from service.retraining import db
-from service.retraining.records import ACTIVE, TERMINAL, Capture, ChampionEvent, Job, Shadow
+from service.retraining.records import ACTIVE, TERMINAL, Capture, ChampionEvent, Job, Rollout
 
 log = logging.getLogger(__name__)
 RETRIES = 3
@@ -319,23 +319,122 @@ class Registry:
             row = self._champion_row(conn, model_name)
         return _aware(row["promoted_at"]) if row else None
 
-    # ------------------------------------------------------------ shadow
-    def shadow(self, model_name: str) -> Shadow | None:
-        t = db.shadows
+    # ------------------------------------------------------------ rollouts
+    def rollout(self, model_name: str) -> Rollout | None:
+        """The active rollout of ``model_name``, or None."""
+        t, a = db.rollouts, db.active_rollouts
+        query = sa.select(t).join(a, a.c.rollout_id == t.c.id).where(a.c.model_name == model_name)
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t).where(t.c.model_name == model_name)).first()
-        return Shadow.model_validate(_plain(row)) if row else None
+            row = conn.execute(query).first()
+        return Rollout.model_validate(_plain(row)) if row else None
 
-    def set_shadow(self, model_name: str, tag: str | None, fraction: float = 0.0, reason: str = "") -> Shadow | None:
-        """Shadow ``tag`` for every worker (None: stop shadowing)."""
-        t = db.shadows
+    def rollout_by_id(self, rollout_id: int) -> Rollout:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.rollouts).where(db.rollouts.c.id == rollout_id)).first()
+        if row is None:
+            raise NotFound(f"no rollout {rollout_id}", reason="rollout_not_found")
+        return Rollout.model_validate(_plain(row))
+
+    def rollouts(self, model_name: str, limit: int = 20) -> list[Rollout]:
+        """Rollouts of ``model_name``, newest first."""
+        t = db.rollouts
+        query = sa.select(t).where(t.c.model_name == model_name).order_by(t.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [Rollout.model_validate(_plain(r)) for r in conn.execute(query)]
+
+    def start_rollout(self, model_name: str, tag: str, plan: dict, reason: str, *,
+                      job_id: str | None = None) -> Rollout:  # fmt: skip
+        """Start ``tag`` on the plan's first stage against the champion of this moment. Raises
+        :class:`Conflict` while another rollout of ``model_name`` is active, or when ``tag`` is the champion."""
+        stage = plan["stages"][0]
         with self.engine.begin() as conn:
-            db.lock(conn, f"shadow:{model_name}")
-            conn.execute(t.delete().where(t.c.model_name == model_name))
-            if tag is not None:
-                conn.execute(t.insert().values(model_name=model_name, tag=tag, fraction=fraction, reason=reason,
-                                               started_at=now()))  # fmt: skip
-        return self.shadow(model_name)
+            db.lock(conn, f"champion:{model_name}")
+            champion = self._champion_row(conn, model_name)
+            if champion is not None and champion["tag"] == tag:
+                raise Conflict(f"{tag} is already the champion of {model_name}", reason="already_champion")
+            active = conn.execute(sa.select(db.active_rollouts.c.rollout_id)
+                                  .where(db.active_rollouts.c.model_name == model_name)).scalar()  # fmt: skip
+            if active is not None:
+                raise Conflict(f"rollout {active} of {model_name} is still active; promote or abort it first "
+                               "(POST /rollout/promote, POST /rollout/abort)", reason="rollout_active")  # fmt: skip
+            at = now()
+            step = {"at": at.isoformat(), "action": "started", "stage": stage, "reason": reason, "guards": []}
+            rollout_id = conn.execute(db.rollouts.insert().values(
+                model_name=model_name, tag=tag, champion_tag=champion["tag"] if champion else None, status="active",
+                stage=stage, plan=plan, job_id=job_id, reason=reason, started_at=at, stage_started_at=at, guards=[],
+                history=[step])).inserted_primary_key[0]  # fmt: skip
+            conn.execute(db.active_rollouts.insert().values(model_name=model_name, rollout_id=rollout_id))
+        return self.rollout_by_id(rollout_id)
+
+    def step_rollout(self, rollout_id: int, stage: str, action: str, reason: str, guards: list[dict],
+                     to_stage: str | None = None, challenger: dict | None = None) -> Rollout | None:  # fmt: skip
+        """Take one decision on an active rollout still in ``stage``: ``advanced`` to ``to_stage``,
+        ``promoted`` (the challenger becomes champion in the same transaction, if the champion it was compared
+        with still is) or ``aborted``. None when it is no longer there: someone decided first, and every
+        decision is taken once."""
+        t = db.rollouts
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == rollout_id)).first()
+            if row is None or row.status != "active" or row.stage != stage:
+                return None
+            db.lock(conn, f"champion:{row.model_name}")
+            at = now()
+            values: dict[str, Any] = {"guards": guards}
+            if action == "promoted":
+                current = self._champion_row(conn, row.model_name)
+                current_tag = current["tag"] if current else None
+                if current_tag != row.champion_tag:
+                    action = "aborted"
+                    reason = (f"aborted: the champion changed from {row.champion_tag} to {current_tag} during the "
+                              "rollout; the comparison no longer holds")  # fmt: skip
+                else:
+                    self._push(conn, row.model_name, row.tag, "promoted", reason, current_tag,
+                               challenger=challenger, job_id=row.job_id)  # fmt: skip
+            if action == "advanced":
+                values.update(stage=to_stage, stage_started_at=at)
+            else:
+                values.update(status=action, stage=None, ended_at=at)
+                conn.execute(db.active_rollouts.delete().where(db.active_rollouts.c.rollout_id == rollout_id))
+            step = {"at": at.isoformat(), "action": action, "stage": to_stage or stage, "reason": reason,
+                    "guards": guards}  # fmt: skip
+            conn.execute(t.update().where(t.c.id == rollout_id).values(history=[*row.history, step], **values))
+        return self.rollout_by_id(rollout_id)
+
+    def judged_rollout(self, rollout_id: int, guards: list[dict]) -> None:
+        """Keep the guards as last judged (every worker shows them)."""
+        with self.engine.begin() as conn:
+            conn.execute(db.rollouts.update().where(db.rollouts.c.id == rollout_id).values(guards=guards))
+
+    def report_rollout(self, rollout_id: int, stage: str, worker: str, tally: dict,
+                       answers: list[tuple[str, str, str]] = ()) -> None:  # fmt: skip
+        """One worker's running totals for a stage (replacing its last report), and (sha256, role, predicted)
+        of images it answered, for the feedback guard."""
+        t = db.rollout_tallies
+        key = (t.c.rollout_id == rollout_id) & (t.c.stage == stage) & (t.c.worker == worker)
+        with self.engine.begin() as conn:
+            if conn.execute(t.update().where(key).values(tally=tally, updated_at=now())).rowcount == 0:
+                conn.execute(t.insert().values(rollout_id=rollout_id, stage=stage, worker=worker, tally=tally,
+                                               updated_at=now()))  # fmt: skip
+            a = db.rollout_answers
+            for sha, role, predicted in answers:
+                exists = sa.select(a.c.sha256).where(a.c.rollout_id == rollout_id, a.c.sha256 == sha, a.c.role == role)
+                if conn.execute(exists).first() is None:
+                    conn.execute(a.insert().values(rollout_id=rollout_id, sha256=sha, role=role, predicted=predicted))
+
+    def rollout_tallies(self, rollout_id: int, stage: str) -> list[dict]:
+        t = db.rollout_tallies
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(t.c.tally).where(t.c.rollout_id == rollout_id, t.c.stage == stage))
+                        .scalars())  # fmt: skip
+
+    def rollout_feedback(self, rollout_id: int, model_name: str) -> dict[str, tuple[int, int]]:
+        """Per side: feedback labels received for images it answered in the rollout, and how many it got right."""
+        a, f = db.rollout_answers, db.feedback
+        right = sa.func.sum(sa.case((a.c.predicted == f.c.label, 1), else_=0))
+        query = (sa.select(a.c.role, sa.func.count(), right).join(f, (f.c.sha256 == a.c.sha256)
+                 & (f.c.model_name == model_name)).where(a.c.rollout_id == rollout_id).group_by(a.c.role))  # fmt: skip
+        with self.engine.connect() as conn:
+            return {role: (int(n), int(ok or 0)) for role, n, ok in conn.execute(query)}
 
     # ------------------------------------------------------------ retrain policies
     def policies(self, model_name: str) -> dict | None:

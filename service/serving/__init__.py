@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from service import telemetry
 from service.inference import MicroBatcher, build_classifier
 from service.retraining.capture import Capturer
@@ -13,7 +15,7 @@ from service.retraining.registry import Registry
 from service.serving.classify import Admission, Arrivals, ClassifyPath, ImageResult
 from service.serving.follower import ModelFollower, Served, resolve_tag
 from service.serving.periodic import Periodic
-from service.serving.shadow import ShadowScorer
+from service.serving.rollout import RolloutFollower
 from service.settings import Settings
 from training.store import load_model
 
@@ -26,16 +28,24 @@ class Worker:
     path: ClassifyPath
     periodic: Periodic
     capturer: Capturer | None = None
-    shadow: ShadowScorer | None = None
+    rollout: RolloutFollower | None = None
 
     async def close(self) -> None:
         self.periodic.stop()
         await self.follower.close()
-        if self.shadow is not None:
-            await self.shadow.close()
+        if self.rollout is not None:
+            await self.rollout.close()
         self.path.close()
         if self.capturer is not None:
             self.capturer.close()
+
+
+def _warm(served: Served) -> Served:
+    """A full batch and a single image through the batcher's own thread (see ``MicroBatcher.warm_up``)."""
+    x = np.zeros((served.batcher.max_batch_size, *served.classifier.input_shape), np.float32)
+    served.batcher.warm_up(x)
+    served.batcher.warm_up(x[:1])
+    return served
 
 
 def build_worker(settings: Settings, registry: Registry | None = None) -> Worker:
@@ -49,13 +59,14 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
         batcher = MicroBatcher(clf.infer, settings.max_batch_size, settings.max_latency_ms,
                                on_batch=telemetry.observe_batch)  # fmt: skip
         batcher.also_coming = lambda: arrivals.count
-        return Served(clf, batcher)
+        return _warm(Served(clf, batcher))
 
-    def build_shadow(tag: str) -> Served:
-        """A shadow: its batcher's thread at low priority, no drift monitor, its batches not in the metrics. The
-        champion's thread count (torch's is per process: a different one would change the champion's too)."""
+    def build_challenger(tag: str, nice: int) -> Served:
+        """A rollout's challenger: no drift monitor, its batches not in the metrics, its batcher's thread at
+        ``nice`` (a shadow's: low priority). The champion's thread count (torch's is per process: a different one
+        would change the champion's too)."""
         clf = build_classifier(load_model(tag), replace(options, drift_sample=0.0))
-        return Served(clf, MicroBatcher(clf.infer, settings.max_batch_size, settings.max_latency_ms, nice=10))
+        return _warm(Served(clf, MicroBatcher(clf.infer, settings.max_batch_size, settings.max_latency_ms, nice=nice)))
 
     follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
     admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
@@ -76,10 +87,12 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     tasks = [follower.poll, check_drift]
     if capturer is not None:
         tasks.append(lambda: capturer.expire(settings.capture_retention_hours))
-    shadow = None
+    rollout = None
+    telemetry.init_rollout_series()
     if registry is not None and not settings.model_tag:
         disagreement = (lambda d, s, t, c: capturer.offer(d, s, t, c, disagreement=True)) if capturer else None
-        shadow = ShadowScorer(settings.model_name, registry, build_shadow, disagreement)
-        path.shadow = shadow.offer
-        tasks.append(shadow.poll)
-    return Worker(follower, path, Periodic(settings.registry_poll_seconds, tasks), capturer, shadow)
+        rollout = RolloutFollower(settings.model_name, registry, build_challenger, settings.low_confidence,
+                                  disagreement)  # fmt: skip
+        path.rollout = rollout
+        tasks.append(rollout.poll)
+    return Worker(follower, path, Periodic(settings.registry_poll_seconds, tasks), capturer, rollout)

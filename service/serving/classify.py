@@ -21,6 +21,7 @@ from service.errors import InvalidInput, NotReady, PayloadTooLarge, ServiceError
 from service.inference import Classifier
 from service.inference.answers import Answer, ClassifyQuery, answer, check_query, decide
 from service.serving.follower import Served
+from service.serving.rollout import RolloutFollower
 from training.imaging import ImageError
 
 _ARRIVAL: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("imgclf_arrival")
@@ -92,8 +93,8 @@ class ClassifyPath:
         self.model_name = model_name
         # set by the service when capture is on: offered every answered image (see retraining.capture)
         self.capture: Callable[[bytes, np.ndarray, str, list[str]], None] | None = None
-        # set when the registry may name a shadow: offered (image, preprocessed, answer, model) after each answer
-        self.shadow: Callable[[bytes, np.ndarray, np.ndarray, Served], None] | None = None
+        # set when the registry may name a challenger: routes canary requests, counts and shadows every answer
+        self.rollout: RolloutFollower | None = None
         self.abstain_below = abstain_below
         self.current = current
         self.admission = admission
@@ -133,8 +134,11 @@ class ClassifyPath:
 
     @contextlib.contextmanager
     def _use(self) -> Iterator[Served]:
-        """The model this request runs on from start to end, whatever swaps meanwhile."""
+        """The model this request runs on from start to end, whatever swaps meanwhile (during a canary, the
+        challenger for its share of requests)."""
         served = self._served()
+        if self.rollout is not None:
+            served = self.rollout.route(served)
         served.in_flight += 1
         try:
             yield served
@@ -182,7 +186,8 @@ class ClassifyPath:
                                    f"{list(batch.shape)}", reason="bad_shape")  # fmt: skip
             telemetry.IMAGES.labels(endpoint).inc(len(batch))
             self.arrivals.arrived()
-            rows = await served.batcher.submit_many(list(batch.astype(np.float32, copy=False)))
+            images = list(batch.astype(np.float32, copy=False))
+            rows = await self._infer(served, images, None)
             self._observe(clf, rows)
             return clf, np.stack(rows)
 
@@ -216,14 +221,29 @@ class ClassifyPath:
                 return from_image_error(exc)
             finally:
                 served.batcher.coming -= 1  # in the same step as the submit below: never a gap
-            out = await served.batcher.submit(x)
-            if self.shadow is not None:
-                self.shadow(data, x, out, served)
-            return out
+            return (await self._infer(served, [x], data))[0]
 
         served.batcher.coming += len(images)
         self.arrivals.arrived()
         return list(await asyncio.gather(*(one(d) for d in images)))
+
+    async def _infer(self, served: Served, xs: list[np.ndarray], data: bytes | None) -> list[np.ndarray]:
+        """``served``'s answers for preprocessed images (``data``: the one image's encoded bytes, if known), told
+        to the rollout when there is one."""
+        rollout = self.rollout
+        if rollout is None or rollout.rollout is None:
+            return await served.batcher.submit_many(xs) if len(xs) > 1 else [await served.batcher.submit(xs[0])]
+        start = time.perf_counter()
+        try:
+            outs = await served.batcher.submit_many(xs) if len(xs) > 1 else [await served.batcher.submit(xs[0])]
+        except Exception:
+            for _ in xs:
+                rollout.failed(served)
+            raise
+        seconds = time.perf_counter() - start
+        for x, out in zip(xs, outs, strict=True):
+            rollout.answered(data, x, out, served, seconds)
+        return outs
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
