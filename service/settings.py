@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         description="Folders that retrain requests may read datasets from (plus the feedback folder).",
     )
     feedback_dir: Path = Field(REPO_ROOT / "data" / "feedback", description="Where feedback images are kept.")
+    evaluation_share: float = Field(0.2, ge=0, lt=1, description="Share of feedback images (by content hash) kept "
+                                    "out of training: the rolling evaluation set both sides of the gate are "
+                                    "judged on.")  # fmt: skip
+    evaluation_max_images: int = Field(5000, ge=1, description="The evaluation set keeps the newest this many.")
     feedback_new_labels: bool = Field(False, description="Accept feedback labels the model does not know.")
     label_audit: Literal["off", "report", "exclude"] = Field(
         "report", description="Before a retrain, audit its training labels with the champion (confident learning): "

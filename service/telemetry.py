@@ -138,6 +138,7 @@ def _mark_current(gauge: Gauge, *labels: str) -> None:
 def set_model_info(model: str, runtime: str, load_seconds: float) -> None:
     """Mark what this worker serves."""
     _mark_current(MODEL_INFO, model, runtime)
+    ROLLOUT_IMAGES.labels(model)  # the served version's rollout traffic exists (at 0) from its first answer on
     MODEL_LOAD_SECONDS.set(load_seconds)
 
 
@@ -160,8 +161,11 @@ def observe_job(job: Job) -> None:
             CHALLENGER_ACCURACY.labels(job.model_name).set(decision.challenger_score)
 
 
-def init_rollout_series() -> None:
-    """Every rollout series from start-up, at zero (so a dashboard and an alert see them before any rollout)."""
+def init_rollout_series(thresholds: dict[str, float]) -> None:
+    """Every rollout series from start-up, at zero, the guards' thresholds those of the default plan (so a
+    dashboard and an alert see them before any rollout)."""
+    for name, value in thresholds.items():
+        ROLLOUT_GUARD_THRESHOLD.labels(name).set(value)
     for reason in ABORT_REASONS:
         ROLLOUT_ABORTS.labels(reason)
     for by in ("guards", "operator"):

@@ -170,6 +170,21 @@ def test_extra_train_folders_join_training_only_and_decode_label_names(folder_da
     assert splits.val == base.val and splits.test == base.test
 
 
+def test_the_evaluation_share_of_feedback_never_trains(folder_dataset, tmp_path):
+    from training.data import in_evaluation_share
+
+    extra = tmp_path / "feedback"
+    (extra / "red").mkdir(parents=True)
+    names = [f"{i * 0x0A000000:08x}{'0' * 24}.png" for i in range(25)]  # the first 32 bits spread over 0..1
+    for i, name in enumerate(names):
+        colour_image((200, 30 + i, 30), seed=9100 + i).save(extra / "red" / name)
+    held = [n for n in names if in_evaluation_share(n, 0.2)]
+    assert 3 <= len(held) <= 7 and not in_evaluation_share("not-a-hash.png", 0.99)
+    splits = load_splits(DataConfig(source=str(folder_dataset), extra_train=[str(extra)], extra_eval_share=0.2))
+    trained = {Path(s.key).name for s in splits.train if str(extra) in s.key}
+    assert trained == set(names) - set(held)
+
+
 def test_holdout_replaces_the_test_split_and_stays_out_of_training(folder_dataset, tmp_path):
     import json
 

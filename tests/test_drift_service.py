@@ -23,7 +23,7 @@ from prometheus_server import prometheus_server
 from harness.server import Server
 from loadtests.dashboard import ALERTS, Prometheus, alert_expressions
 from training import store
-from training.data import FASHION_MNIST_CLASSES, find_fashion_mnist
+from training.data import FASHION_MNIST_CLASSES, find_fashion_mnist, in_evaluation_share
 from training.data.fashion_mnist import fashion_mnist_arrays
 
 pytestmark = pytest.mark.slow
@@ -147,6 +147,8 @@ def test_drift_alarm_alert_capture_labels_and_the_triggered_retrain(fashion_mode
         counts = admin.get("/captures").json()["counts"]
         assert counts == {"labelled": 40, "skipped": 1, "none": 1, "pending": pending - 42}
         assert sum(admin.get("/models").json()["feedback"].values()) == 40
+        held = [c for c in ours[:40] if in_evaluation_share(c["sha256"][:32], 0.2)]  # IMGCLF_EVALUATION_SHARE
+        assert admin.get("/models").json()["evaluation_set"]["images"] == len(held)
 
         # the drift policy, turned on at run time: one job, with the drift as its reason
         assert admin.get("/jobs").json() == []
@@ -163,7 +165,9 @@ def test_drift_alarm_alert_capture_labels_and_the_triggered_retrain(fashion_mode
         assert job["trigger"]["evidence"]["drift"]["score"] > 1 and "drift detected" in job["trigger"]["reason"]
         assert job["decision"] is not None and job["decision"]["paired"] is not None  # judged by the gate
         given = [key for key, _ in store.read_split(job["result_tag"])["train"] if key.startswith(str(feedback))]
-        assert len(given) == 40, "the labels given in the queue are in the job's training split"
+        assert len(given) == 40 - len(held), "the labels given in the queue train, but for the evaluation share"
+        if held:  # the rest judged both sides
+            assert job["decision"]["evaluation"]["images"] == len(held), job["decision"]
         print(f"triggered job {job['id']}: {job['trigger']['reason']}; decision: {job['decision']['reason']}")
     finally:
         admin.close()

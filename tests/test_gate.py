@@ -1,5 +1,7 @@
 """The promotion gate's pure decision."""
 
+import numpy as np
+
 from service.retraining.gate import GatePolicy, decide, summary
 
 POLICY = GatePolicy(tolerance=0.01, max_recall_drop=0.05)
@@ -101,3 +103,18 @@ def test_the_map_difference_of_multilabel_models_is_bootstrapped():
     assert worse.difference < -0.3 and worse.ci_high < 0
     same = compare_map(good, good, targets)
     assert same.difference == 0 and same.ci_low <= 0 <= same.ci_high
+
+
+def test_the_rolling_evaluation_set_refuses_a_challenger_it_finds_worse():
+    from service.retraining import stats
+
+    champion = {"task": "multiclass", "primary": "accuracy", "per_label": "recall", "accuracy": 0.90,
+                "recall": {"a": 0.9, "b": 0.9}}  # fmt: skip
+    holdout_ok = stats.compare_accuracy(np.ones(1000, bool), np.ones(1000, bool))
+    worse = stats.compare_accuracy(np.arange(400) % 10 < 6, np.arange(400) % 10 < 9)  # 60% vs 90% on new images
+    decision = decide(dict(champion), champion, GatePolicy(), holdout_ok, worse)
+    assert not decision.promote and "rolling evaluation set" in decision.reason and decision.evaluation == worse
+    print(decision.reason)
+    same = stats.compare_accuracy(np.arange(400) % 10 < 9, np.arange(400) % 10 < 9)
+    kept = decide(dict(champion), champion, GatePolicy(), holdout_ok, same)
+    assert kept.promote and "on the rolling evaluation set: accuracy difference +0.0000" in kept.reason

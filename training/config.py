@@ -47,6 +47,10 @@ class DataConfig(_Section):
         description="More class-per-folder roots whose images join the training split only (e.g. feedback); "
         "new class names are appended after the source's classes.",
     )
+    extra_eval_share: float = Field(
+        0.0, ge=0, lt=1, description="Share of the extra_train images (by content hash) kept out of training: "
+        "the service's rolling evaluation set, which judges models.",
+    )  # fmt: skip
     holdout: str | None = Field(
         None,
         description="A recorded split (split.json of a stored model): its test images become the test split "

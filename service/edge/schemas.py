@@ -228,6 +228,10 @@ class ModelsResponse(BaseModel):
         "agreement with the champion, dropped while busy.",
     )  # fmt: skip
     rollout: dict[str, Any] | None = Field(None, description="The active rollout (as GET /rollout's ``active``).")
+    evaluation_set: dict[str, Any] | None = Field(
+        None, description="The rolling evaluation set: feedback images kept out of training that the gate judges "
+        "both sides on (images, oldest, newest, share).",
+    )  # fmt: skip
 
 
 class FeedbackResponse(BaseModel):

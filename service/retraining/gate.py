@@ -49,9 +49,26 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
-def decide(challenger: dict, champion: dict | None, policy: GatePolicy,
-           paired: PairedComparison | None = None) -> Decision:  # fmt: skip
-    """``challenger`` and ``champion`` are :func:`summary` dicts measured on the same holdout."""
+def decide(challenger: dict, champion: dict | None, policy: GatePolicy, paired: PairedComparison | None = None,
+           evaluation: PairedComparison | None = None) -> Decision:  # fmt: skip
+    """``challenger`` and ``champion`` are :func:`summary` dicts measured on the same holdout; ``evaluation`` the
+    paired comparison on the rolling evaluation set, which refuses too when it finds the challenger worse with
+    confidence."""
+    decision = _decide(challenger, champion, policy, paired)
+    if evaluation is None:
+        return decision
+    decision.evaluation = evaluation
+    if decision.promote and evaluation.ci_high < 0:
+        decision.promote = False
+        decision.reason = (f"refused: on the rolling evaluation set the challenger is worse with confidence "
+                           f"({evaluation.describe()}), though the holdout said: {decision.reason}")  # fmt: skip
+    else:
+        decision.reason += f"; on the rolling evaluation set: {evaluation.describe()}"
+    return decision
+
+
+def _decide(challenger: dict, champion: dict | None, policy: GatePolicy,
+            paired: PairedComparison | None = None) -> Decision:  # fmt: skip
     if champion is None:
         return Decision(promote=True, reason="no champion yet: the first model becomes champion", challenger=challenger)
     task, champion_task = challenger.get("task", "multiclass"), champion.get("task", "multiclass")

@@ -23,12 +23,13 @@ import numpy as np
 from service.errors import Conflict
 from service.retraining import gate, stats
 from service.retraining.conductor import Conductor
+from service.retraining.evaluation import evaluation_set
 from service.retraining.records import Decision, Job, PairedComparison, RetrainRequest
 from service.retraining.registry import Registry
 from service.settings import Settings
 from training import store
 from training.config import TrainConfig
-from training.data import read_record
+from training.data import DatasetError, read_record
 from training.evaluate import RecordPredictions, predictions_on_record
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ def judge(registry: Registry, settings: Settings, job: Job, challenger: str) -> 
     challenger_m = gate.summary(ours.metrics)
     champion_m = gate.summary(theirs.metrics) if theirs else None
     paired = compare(ours, theirs, challenger_m.get("task")) if theirs else None
-    decision = gate.decide(challenger_m, champion_m, policy, paired).model_copy(update={
-        "holdout": f"{champion or challenger} test split ({len(holdout['test'])} images)",
+    evaluation, described = judge_on_evaluation_set(registry, settings, job.model_name, challenger, champion)
+    decision = gate.decide(challenger_m, champion_m, policy, paired, evaluation).model_copy(update={
+        "holdout": f"{champion or challenger} test split ({len(holdout['test'])} images)" + described,
         "champion_tag": champion, "challenger_tag": challenger})  # fmt: skip
     recorded = dict(challenger=challenger_m, champion=champion_m, job_id=job.id)
     plan = RetrainRequest.model_validate(job.request).rollout or settings.rollout
@@ -78,6 +80,23 @@ def judge(registry: Registry, settings: Settings, job: Job, challenger: str) -> 
         registry.refuse(job.model_name, challenger, decision.reason, **recorded)
     log.info("gate: %s", decision.reason)
     return decision
+
+
+def judge_on_evaluation_set(registry: Registry, settings: Settings, model_name: str, challenger: str,
+                            champion: str | None) -> tuple[PairedComparison | None, str]:  # fmt: skip
+    """Both models on the rolling evaluation set (feedback kept out of training): the paired comparison, and
+    the set in words for the decision ('' when there is none to judge on)."""
+    if champion is None or not settings.evaluation_share:
+        return None, ""
+    found = evaluation_set(registry, model_name, settings.evaluation_share, settings.evaluation_max_images)
+    if not found.images:
+        return None, ""
+    try:
+        ours, theirs = (predictions_on_record(tag, found.record) for tag in (challenger, champion))
+    except DatasetError as exc:  # no image of a class the models know
+        log.info("rolling evaluation set not used: %s", exc)
+        return None, ""
+    return compare(ours, theirs, None), f" + {found.describe()}"  # feedback is single-label
 
 
 def compare(ours: RecordPredictions, theirs: RecordPredictions, task: str | None) -> PairedComparison | None:

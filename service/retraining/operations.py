@@ -15,6 +15,7 @@ from service.errors import InvalidInput, NotFound, Unavailable
 from service.inference.drift import DriftStatus
 from service.retraining.backends import Backend, make_backend, sweep
 from service.retraining.conductor import Conductor
+from service.retraining.evaluation import EvaluationSet, evaluation_set
 from service.retraining.feedback import Feedback, save_feedback
 from service.retraining.policies import Autopilot
 from service.retraining.records import (
@@ -210,7 +211,11 @@ class Operations:
         return {"name": self.model_name, "champion": champion, "versions": versions,
                 "history": self.registry.history(self.model_name),
                 "feedback": self.registry.feedback_counts(self.model_name), "shadow": self._shadow(),
-                "rollout": self.conductor.status()}  # fmt: skip
+                "rollout": self.conductor.status(), "evaluation_set": self.evaluation_set().summary()}  # fmt: skip
+
+    def evaluation_set(self) -> EvaluationSet:
+        return evaluation_set(self.registry, self.model_name, self.settings.evaluation_share,
+                              self.settings.evaluation_max_images)  # fmt: skip
 
     def _shadow(self) -> dict | None:
         """The challenger in shadow, as the web page shows it: what this worker compared."""

@@ -539,6 +539,14 @@ class Registry:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
+    def feedback_items(self, model_name: str) -> list[tuple[str, str, str, dt.datetime]]:
+        """Every feedback image of ``model_name``: (sha256, label, path, created_at), newest first."""
+        t = db.feedback
+        query = (sa.select(t.c.sha256, t.c.label, t.c.path, t.c.created_at).where(t.c.model_name == model_name)
+                 .order_by(t.c.created_at.desc()))  # fmt: skip
+        with self.engine.connect() as conn:
+            return [(sha, label, path, _aware(at)) for sha, label, path, at in conn.execute(query)]
+
     def feedback_counts(self, model_name: str) -> dict[str, int]:
         return self._count_by(db.feedback.c.label, model_name)
 

@@ -19,8 +19,8 @@ from training.stored import SPLIT_FILE
 
 # Set by the service, never by a request: paths the job writes or reads outside the data roots.
 PROTECTED_KEYS = ("name", "output_dir", "save", "resume", "threads", "device", "data.source", "data.extra_train",
-                  "data.holdout", "data.exclude", "data.fashion_mnist_dir", "data.taxonomy", "data.allowed_roots",
-                  "model.weights_file", "tracking")  # fmt: skip
+                  "data.extra_eval_share", "data.holdout", "data.exclude", "data.fashion_mnist_dir", "data.taxonomy",
+                  "data.allowed_roots", "model.weights_file", "tracking")  # fmt: skip
 # What a request may ask of the training config, request fields and overrides alike: (config key, low, high).
 BOUNDS = (("epochs", 1, 1000), ("batch_size", 1, 1024), ("model.width", 4, 256), ("model.depth", 1, 6),
           ("model.img_size", 8, 1024), ("max_minutes", 0, 24 * 60), ("early_stop.patience", 1, 1000),
@@ -67,7 +67,8 @@ def job_config(req: RetrainRequest, settings: Settings, champion: str | None) ->
     """The validated config a job will train. Raises ``InvalidInput``/``Forbidden`` for a bad request."""
     layered = base_config(settings, champion)
     layered = deep_merge(layered, _dotted(req.overrides))
-    data: dict[str, Any] = {"extra_train": [], "holdout": None, "exclude": []}  # this job's audit decides anew
+    data: dict[str, Any] = {"extra_train": [], "holdout": None, "exclude": [],  # this job's audit decides anew
+                            "extra_eval_share": settings.evaluation_share}  # fmt: skip
     if req.data is not None:
         data["source"] = resolve_data(req.data, settings.allowed_roots())
     feedback = settings.feedback_dir / settings.model_name

@@ -155,6 +155,13 @@ def _guard(name: str, value: float | None, threshold: float, holds: bool, enough
                       f"{needs})")  # fmt: skip
 
 
+def thresholds(guards: Guards) -> dict[str, float]:
+    """Each guard's threshold as :func:`guard_values` reports it."""
+    return {"error_rate": guards.max_error_rate, "latency_ratio": guards.max_latency_ratio,
+            "low_confidence_increase": guards.max_low_confidence_increase, "disagreement": guards.max_disagreement,
+            "feedback_accuracy": -guards.feedback_tolerance}  # fmt: skip
+
+
 def _unjudged(name: str, threshold: float, why: str) -> GuardValue:
     return GuardValue(guard=name, threshold=threshold, evidence=why)
 

@@ -11,7 +11,9 @@ import numpy as np
 from service import telemetry
 from service.inference import MicroBatcher, build_classifier
 from service.retraining.capture import Capturer
+from service.retraining.records import Guards
 from service.retraining.registry import Registry
+from service.retraining.rollout import thresholds
 from service.serving.classify import Admission, Arrivals, ClassifyPath, ImageResult
 from service.serving.follower import ModelFollower, Served, resolve_tag
 from service.serving.periodic import Periodic
@@ -88,7 +90,7 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     if capturer is not None:
         tasks.append(lambda: capturer.expire(settings.capture_retention_hours))
     rollout = None
-    telemetry.init_rollout_series()
+    telemetry.init_rollout_series(thresholds(settings.rollout.guards or Guards()))
     if registry is not None and not settings.model_tag:
         disagreement = (lambda d, s, t, c: capturer.offer(d, s, t, c, disagreement=True)) if capturer else None
         rollout = RolloutFollower(settings.model_name, registry, build_challenger, settings.low_confidence,

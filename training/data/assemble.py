@@ -44,7 +44,7 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         splits.val = cap_per_class(splits.val, max(1, n // 4), cfg.split_seed)
         splits.test = cap_per_class(splits.test, max(1, n // 4), cfg.split_seed)
     for root in cfg.extra_train:
-        add_extra_train(splits, Path(root), cfg.min_size, allowed_roots(cfg))
+        add_extra_train(splits, Path(root), cfg.min_size, allowed_roots(cfg), cfg.extra_eval_share)
     if cfg.holdout:
         apply_holdout(splits, Path(cfg.holdout))
     for s in splits.skipped:
@@ -78,8 +78,21 @@ def set_taxonomy(splits: DataSplits, cfg: DataConfig) -> DataSplits:
     return splits
 
 
-def add_extra_train(splits: DataSplits, root: Path, min_size: int, roots: tuple[Path, ...] = ()) -> DataSplits:
-    """Add the images of a class-per-folder ``root`` to the training split (feedback, say).
+def in_evaluation_share(name: str, share: float) -> bool:
+    """Whether an image kept under a content-hash name (feedback: ``<sha256 prefix>.<ext>``) belongs to the
+    evaluation share: the first 32 bits of the hash below ``share``. Deterministic, the same for every reader;
+    names that are not a hash never are."""
+    stem = Path(name).stem[:8]
+    try:
+        return share > 0 and int(stem, 16) < share * 2**32 and len(stem) == 8
+    except ValueError:
+        return False
+
+
+def add_extra_train(splits: DataSplits, root: Path, min_size: int, roots: tuple[Path, ...] = (),
+                    eval_share: float = 0.0) -> DataSplits:  # fmt: skip
+    """Add the images of a class-per-folder ``root`` to the training split (feedback, say), except those in the
+    evaluation share (:func:`in_evaluation_share`), which are kept apart for judging models.
 
     Folder names are percent-decoded (``T-shirt%2Ftop`` is ``T-shirt/top``). Classes the source
     does not have are appended, so existing class indices keep their meaning; images already in
@@ -101,7 +114,7 @@ def add_extra_train(splits: DataSplits, root: Path, min_size: int, roots: tuple[
         if name not in splits.classes:
             splits.classes.append(name)
         images, others = images_under(folder)
-        candidates += [(p, splits.classes.index(name)) for p in images]
+        candidates += [(p, splits.classes.index(name)) for p in images if not in_evaluation_share(p.name, eval_share)]
         splits.skipped += [Skipped(str(p), unsupported(p)) for p in others]
     samples, bad = check_all(candidates, min_size, seen, roots=roots)
     splits.train += samples
