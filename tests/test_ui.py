@@ -11,6 +11,7 @@ import pytest
 from conftest import LEARNED, TOY, TOY_GATE, colour_image, encode, make_folder_dataset, stored_top1, train_to_criterion
 
 from harness.server import Server
+from harness.variants import variant
 from training import load_config
 
 pytestmark = pytest.mark.slow
@@ -120,6 +121,29 @@ def test_try_it_model_card_and_operations(site, browser, tmp_path):
     page.wait_for_selector("#feedback-counts:has-text('green: 1')")
 
     assert all(u.startswith(server.base) or u.startswith(("blob:", "data:")) for u in requests_out), "offline page"
+
+
+def test_a_rollout_in_the_operations_tab(site, browser, tmp_path):
+    """A version's Roll out button starts shadow -> canary on the default plan; the guards show as waiting for
+    evidence; Abort ends it and the decision history says so."""
+    server, v1, _ = site
+    challenger = variant(httpx.get(server.base + "/model").json()["tag"])
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(server.base + "/ui")
+    page.click("#tab-ops")
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    page.wait_for_selector("#ops-body:not([hidden])")
+    page.locator("#versions tr", has_text=challenger).get_by_role("button", name="Roll out").click()
+    page.wait_for_selector(f"#shadow-state:has-text('{challenger} in shadow')")
+    page.wait_for_selector("#guards tbody tr:has-text('disagreement') .badge:has-text('waiting')", timeout=30_000)
+    assert page.locator("#guards tbody tr").count() == 5
+    assert "started" in page.inner_text("#rollout-history")
+    shot(page, tmp_path, "ui-rollout.png")
+    page.click("#rollout-abort")
+    page.wait_for_selector("#shadow-state:has-text('no rollout')")
+    recent = httpx.get(server.base + "/rollout", headers={"Authorization": f"Bearer {TOKEN}"}).json()["recent"][0]
+    assert recent["status"] == "aborted" and "by an operator in shadow" in recent["history"][-1]["reason"]
 
 
 def test_bad_token_is_worded_by_the_service(site, browser):

@@ -181,7 +181,7 @@ async function refreshOps() {
     $("#ops-body").hidden = false;
     renderJobs(jobs);
     renderModels(models);
-    const active = jobs.some((j) => j.status === "queued" || j.status === "running");
+    const active = jobs.some((j) => j.status === "queued" || j.status === "running") || Boolean(models.rollout);
     clearTimeout(poller);
     poller = setTimeout(refreshOps, active ? 1500 : 8000);
   } catch (err) {
@@ -217,25 +217,54 @@ function renderModels(models) {
     el("td", {}, v.champion ? "" : [
       el("button", { type: "button", class: "secondary", onclick: () => act("/models/promote", { tag: v.tag, reason: "promoted from the web page" }, "#champion-state") }, "Promote"),
       " ",
-      models.shadow && models.shadow.tag === v.tag ? null
-        : el("button", { type: "button", class: "secondary", onclick: () => act("/models/shadow", { tag: v.tag, fraction: 0.25, reason: "shadowed from the web page" }, "#shadow-state") }, "Shadow")]))));
-  const s = models.shadow;
-  const seen = s && s.this_worker;
-  $("#shadow-state").replaceChildren(s
-    ? el("span", {}, `shadowing ${s.tag} on ${pct(s.fraction)} of images`, seen && seen.compared
-        ? ` · this worker: agreement ${pct(seen.agreement)} on ${seen.compared} images, ${seen.dropped} dropped while busy` : " · no images compared yet",
-      " ", el("button", { type: "button", class: "secondary", onclick: () => stopShadow() }, "Stop shadowing"))
-    : "no shadow: a version scored beside the champion on live images, off the answer's path");
+      models.rollout ? null : [
+        el("button", { type: "button", class: "secondary", onclick: () => act("/rollout", { tag: v.tag, reason: "rolled out from the web page" }, "#shadow-state") }, "Roll out"),
+        " ",
+        el("button", { type: "button", class: "secondary", onclick: () => act("/models/shadow", { tag: v.tag, fraction: 0.25, reason: "shadowed from the web page" }, "#shadow-state") }, "Shadow")]]))));
+  renderRollout(models.rollout, models.shadow);
+  const ev = models.evaluation_set;
+  $("#evaluation-set").textContent = ev && ev.images
+    ? `Rolling evaluation set: ${ev.images} feedback images kept out of training (${pct(ev.share)} of feedback), ${when(ev.oldest)} to ${when(ev.newest)}; the gate judges both sides on it.`
+    : `Rolling evaluation set: empty (${pct(ev ? ev.share : 0)} of feedback images will be kept out of training to judge models on).`;
   $("#history").replaceChildren(...models.history.map((e) => el("li", {},
     el("span", { class: `badge ${e.kind}` }, e.kind), " ", e.tag || "", " · ", when(e.created_at), el("br"), el("span", { class: "muted" }, e.reason))));
   const counts = Object.entries(models.feedback);
   $("#feedback-counts").textContent = counts.length ? counts.map(([k, n]) => `${k}: ${n}`).join(" · ") : "none yet";
 }
 
-async function stopShadow() {
-  try { await call("/models/shadow", { method: "DELETE" }, true); } catch (err) { $("#shadow-state").textContent = err.message; }
-  await refreshOps();
+function renderRollout(r, shadow) {
+  $("#rollout").hidden = !r;
+  if (!r) {
+    $("#shadow-state").textContent = "no rollout: a challenger that passes the gate goes through shadow and canary when IMGCLF_ROLLOUT says so; start one with a version's Roll out button";
+    return;
+  }
+  const c = r.counts || {};
+  const ours = c.challenger || {};
+  const theirs = c.champion || {};
+  const stage = r.stage === "shadow"
+    ? `shadow: it scores ${pct(r.fraction)} of images beside the champion, off the answer's path`
+    : `canary: it answers ${pct(r.fraction)} of requests`;
+  const seen = r.stage === "shadow"
+    ? `${c.compared || 0} images compared, agreement ${pct(c.agreement)}, ${c.dropped || 0} dropped while busy`
+    : `${ours.images || 0} challenger answers (p99 ${ms(ours.p99_ms)}) vs ${theirs.images || 0} champion (p99 ${ms(theirs.p99_ms)})`;
+  $("#shadow-state").replaceChildren(el("span", {}, el("strong", {}, r.tag), ` in ${stage} since ${when(r.stage_started_at)} · ${seen}`,
+    r.plan.guards ? "" : " · observing only"));
+  $("#guards tbody").replaceChildren(...(r.guards || []).map((g) => el("tr", {},
+    el("td", {}, g.guard.replaceAll("_", " ")),
+    el("td", {}, g.value === null || g.value === undefined ? "–" : String(g.value)),
+    el("td", {}, String(g.threshold)),
+    el("td", {}, el("span", { class: `badge ${g.ok === false ? "failed" : g.ok ? "succeeded" : "queued"}` }, g.ok === false ? "failed" : g.ok ? "holds" : "waiting")),
+    el("td", { class: "muted" }, g.evidence))));
+  $("#rollout-history").replaceChildren(...r.history.map((h) => el("li", {},
+    el("span", { class: `badge ${h.action}` }, h.action), " ", h.stage || "", " · ", when(h.at), el("br"), el("span", { class: "muted" }, h.reason))));
 }
+
+function ms(value) {
+  return value === null || value === undefined ? "–" : `${value.toFixed(1)} ms`;
+}
+
+$("#rollout-promote").addEventListener("click", () => act("/rollout/promote", { reason: "promoted from the web page" }, "#shadow-state"));
+$("#rollout-abort").addEventListener("click", () => act("/rollout/abort", { reason: "aborted from the web page" }, "#shadow-state"));
 
 async function act(path, body, where) {
   try {
