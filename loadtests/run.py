@@ -2,6 +2,7 @@
 
     python loadtests/run.py --model fashion-cnn --users 16 --seconds 60       # make loadtest
     python loadtests/run.py --seconds 15 --check                              # smoke: exit 1 on any failure
+    python loadtests/run.py --seconds 60 --rollout --check                    # and a full rollout under load
 
 Output in --out (default runs/loadtest/): stats CSVs, report.html, serve.log. The service gets its own ports,
 an admin token and a data root, so the ops user's occasional retrain (--retrain-data) works too.
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.server import Server  # noqa: E402
+from loadtests.rollout import restore, roll_out  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -59,24 +63,47 @@ def main() -> int:
     p.add_argument("--retrain-data", help="a dataset under --data-root for the ops user's occasional retrain")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "loadtest")
-    p.add_argument("--check", action="store_true", help="exit 1 when any request failed")
+    p.add_argument("--check", action="store_true", help="exit 1 when any request failed (or --rollout was not "
+                   "promoted)")  # fmt: skip
+    p.add_argument("--rollout", action="store_true", help="roll a copy of the served model out (shadow, canary, "
+                   "champion) while the load runs, then restore the champion")  # fmt: skip
     args = p.parse_args()
 
     token = secrets.token_hex(16)
     env = dict(IMGCLF_MODEL_NAME=args.model, IMGCLF_WORKERS=str(args.workers), IMGCLF_ADMIN_TOKEN=token,
-               IMGCLF_DATA_ROOTS=f'["{args.data_root.resolve()}"]', IMGCLF_ACCESS_LOG="false")  # fmt: skip
+               IMGCLF_DATA_ROOTS=f'["{args.data_root.resolve()}"]', IMGCLF_ACCESS_LOG="false",
+               IMGCLF_REGISTRY_POLL_SECONDS="1" if args.rollout else "5")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     server = Server(env, args.out / "serve.log").start(timeout=300)
+    rollout: dict = {}
     try:
         extra = {"ADMIN_TOKEN": token, **({"RETRAIN_DATA": args.retrain_data} if args.retrain_data else {})}
+        within = {"after": 2, "timeout": max(1.0, args.seconds - 4)}  # ends while the load runs, or says so
+        thread = threading.Thread(target=roll_out, args=(server, token, rollout), kwargs=within, daemon=True)
+        if args.rollout:
+            thread.start()
         rows = run_locust(server, args.users, args.seconds, args.out, args.mix, extra)
+        if args.rollout:
+            thread.join(timeout=60)
+            restore(server, token, rollout)
     finally:
         server.stop()
     print(summary(rows))
+    if rollout:
+        print(
+            f"rollout of {rollout.get('challenger')}: {rollout.get('status')}; stage seconds "
+            f"{rollout.get('stage_seconds')}; every worker serves it: {rollout.get('every_worker_serves_it')}"
+        )
+        for line in rollout.get("decisions", []):
+            print(f"  {line}")
+        (args.out / "rollout.json").write_text(json.dumps(rollout, indent=2))
     print(f"CSV and HTML in {args.out}")
     failures = int(rows["Aggregated"]["Failure Count"])
     if args.check and (failures or int(rows["Aggregated"]["Request Count"]) == 0):
         print(f"FAILED: {failures} failed requests", file=sys.stderr)
+        return 1
+    if args.check and args.rollout and rollout.get("status") != "promoted":
+        print(f"FAILED: the rollout under load ended {rollout.get('status')}: {rollout}", file=sys.stderr)
         return 1
     return 0
 

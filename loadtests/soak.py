@@ -5,8 +5,9 @@
 1. Capacity: Locust classify users as fast as answers come, for --probe-seconds.
 2. The soak: users at a fixed rate adding up to --load (0.8) of that, for --minutes, while the workers'
    resident memory is sampled every --sample-seconds.
-3. Halfway, unless --no-retrain: POST /retrain with --retrain (JSON), wait for it, promote the result (by hand
-   if the gate refused it: the soak is about serving through a swap) and wait until every worker serves it.
+3. Halfway, unless --no-retrain: POST /retrain with --retrain (JSON), wait for it and for its rollout (shadow,
+   canary, champion: under the soak's load), promote the result by hand if the gate refused it or a guard
+   aborted it (the soak is about serving through a swap) and wait until every worker serves it.
 Passes when no request failed and memory grew by at most --max-growth (10%): the median of the last fifth
 of the samples against the median of the second fifth (the first is warm-up). Writes JSON (--out).
 """
@@ -29,9 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.server import Server, rss_bytes, served_models  # noqa: E402
+from loadtests.rollout import wait_ended  # noqa: E402
 from loadtests.run import run_locust, summary  # noqa: E402
 
 CLASSIFY_ONLY = "classify=1,batch=0,json=0,grpc=0,ops=0"
+# The retrained challenger's way to champion under the soak's load (a production plan waits longer).
+SOAK_PLAN = {"stages": ["shadow", "canary"], "shadow": {"fraction": 0.25, "min_requests": 500, "min_minutes": 1},
+             "canary": {"fraction": 0.1, "min_requests": 300, "min_minutes": 1}}  # fmt: skip
 
 
 def growth(samples: list[tuple[float, int]]) -> float:
@@ -55,8 +60,12 @@ def retrain_midway(server: Server, token: str, request: dict, at: float, log: di
         time.sleep(1)
     log["status"], log["decision"] = status["status"], (status.get("decision") or {}).get("reason")
     tag = status.get("result_tag")
+    rollout_id = (status.get("decision") or {}).get("rollout_id")
+    if rollout_id:  # the gate passed it to a rollout: shadow, then canary, then champion, under the soak's load
+        ended = wait_ended(server, token, rollout_id, timeout=900) or {"status": "still active", "history": []}
+        log["rollout"] = {"status": ended["status"], "decisions": [h["reason"] for h in ended["history"]]}
     if status["status"] == "succeeded":
-        if not status["decision"]["promoted"]:
+        if not status["decision"]["promoted"] and log.get("rollout", {}).get("status") != "promoted":
             promote = {"tag": tag, "reason": "soak: promote through the swap"}
             log["manual_promotion"] = httpx.post(
                 server.base + "/models/promote", json=promote, headers=auth
@@ -83,7 +92,12 @@ def main() -> int:
         "--retrain",
         type=json.loads,
         help="POST /retrain body for the mid-run retrain",
-        default={"data": "fashion-mnist", "epochs": 1, "overrides": {"data.limit_per_class": 300}},
+        default={
+            "data": "fashion-mnist",
+            "epochs": 1,
+            "overrides": {"data.limit_per_class": 300},
+            "rollout": SOAK_PLAN,
+        },
     )
     p.add_argument("--no-retrain", action="store_true")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
@@ -123,7 +137,10 @@ def main() -> int:
         stop.set()
         for t in threads:
             t.join(timeout=900)
-        if retrain_log.get("manual_promotion") == 200:  # leave the store's champion as it was found
+        swapped = (
+            retrain_log.get("manual_promotion") == 200 or retrain_log.get("rollout", {}).get("status") == "promoted"
+        )
+        if swapped:  # leave the store's champion as it was found
             retrain_log["rollback"] = httpx.post(
                 server.base + "/models/rollback", json={"reason": "soak: restore the champion it replaced"},
                 headers={"Authorization": f"Bearer {token}"}, timeout=30,
@@ -146,6 +163,8 @@ def main() -> int:
         print(f"mid-run retrain: {retrain_log.get('status')}, {retrain_log.get('before')} -> {retrain_log.get('after')}"
               f" ({retrain_log.get('decision')}); rolled back after the soak: "
               f"{retrain_log.get('rollback', 'no')}")  # fmt: skip
+        for line in retrain_log.get("rollout", {}).get("decisions", []):
+            print(f"  rollout: {line}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     ok = result["failures"] == 0 and result["requests"] > 0 and (result["rss_growth"] or 0) <= args.max_growth
