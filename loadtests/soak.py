@@ -1,4 +1,4 @@
-"""Soak: a long run at 80% of the measured capacity; memory sampled; a retrain and a promotion in the middle.
+"""Soak: a long run at 80% of the measured capacity; memory sampled; a retrain, a promotion and a rollout.
 
     python loadtests/soak.py --model fashion-cnn --minutes 10 --retrain-data colours    # make soak
 
@@ -8,8 +8,11 @@
 3. Halfway, unless --no-retrain: POST /retrain with --retrain (JSON), wait for it and for its rollout (shadow,
    canary, champion: under the soak's load), promote the result by hand if the gate refused it or a guard
    aborted it (the soak is about serving through a swap) and wait until every worker serves it.
-Passes when no request failed and memory grew by at most --max-growth (10%): the median of the last fifth
-of the samples against the median of the second fifth (the first is warm-up). Writes JSON (--out).
+   Before it, at a fifth of the run, unless --no-rollout: a copy of the champion goes through shadow, canary and
+   champion (loadtests/rollout.py); the soak fails unless it is promoted. The store's champion is restored.
+Passes when no request failed, the rollout was promoted, and memory grew by at most --max-growth (10%): the
+median of the last fifth of the samples against the median of the second fifth (the first is warm-up). Writes
+JSON (--out).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.server import Server, rss_bytes, served_models  # noqa: E402
-from loadtests.rollout import wait_ended  # noqa: E402
+from loadtests.rollout import QUICK_PLAN, restore, roll_out, wait_ended  # noqa: E402
 from loadtests.run import run_locust, summary  # noqa: E402
 
 CLASSIFY_ONLY = "classify=1,batch=0,json=0,grpc=0,ops=0"
@@ -100,6 +103,7 @@ def main() -> int:
         },
     )
     p.add_argument("--no-retrain", action="store_true")
+    p.add_argument("--no-rollout", action="store_true", help="no rollout of a copy at three quarters of the run")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "soak.json")
     args = p.parse_args()
@@ -126,10 +130,15 @@ def main() -> int:
                 samples.append((time.time(), rss_bytes(server.worker_pids())))
 
         retrain_log: dict = {}
+        rollout_log: dict = {}
         threads = [threading.Thread(target=sample, daemon=True)]
         if not args.no_retrain:
             midway = (server, token, args.retrain, args.minutes * 30, retrain_log)
             threads.append(threading.Thread(target=retrain_midway, args=midway, daemon=True))
+        early = {"after": args.minutes * 12, "timeout": args.minutes * 15, "plan": QUICK_PLAN}
+        if not args.no_rollout:  # at a fifth: a copy of the champion, through every stage, before the retrain
+            threads.append(threading.Thread(target=roll_out, args=(server, token, rollout_log), kwargs=early,
+                                            daemon=True))  # fmt: skip
         for t in threads:
             t.start()
         rows = run_locust(server, args.users, args.minutes * 60, work / "soak", CLASSIFY_ONLY,
@@ -145,13 +154,14 @@ def main() -> int:
                 server.base + "/models/rollback", json={"reason": "soak: restore the champion it replaced"},
                 headers={"Authorization": f"Bearer {token}"}, timeout=30,
             ).status_code  # fmt: skip
+        restore(server, token, rollout_log)  # after the retrain's: the champion stack unwinds in order
     finally:
         server.stop()
     total = rows["Aggregated"]
     result |= {"requests": int(total["Request Count"]), "failures": int(total["Failure Count"]),
                "achieved_img_per_s": float(total["Requests/s"]), "p50": total["50%"], "p99": total["99%"],
                "rss_samples": samples, "rss_growth": growth(samples) if len(samples) >= 5 else None,
-               "retrain": retrain_log}  # fmt: skip
+               "retrain": retrain_log, "rollout": rollout_log}  # fmt: skip
     print(summary(rows))
     rss = [v / 2**20 for _, v in samples]
     if rss:
@@ -165,9 +175,17 @@ def main() -> int:
               f"{retrain_log.get('rollback', 'no')}")  # fmt: skip
         for line in retrain_log.get("rollout", {}).get("decisions", []):
             print(f"  rollout: {line}")
+    if rollout_log:
+        print(
+            f"rollout of a copy at a fifth: {rollout_log.get('status')}, stage seconds "
+            f"{rollout_log.get('stage_seconds')}; every worker serves it: {rollout_log.get('every_worker_serves_it')}"
+        )
+        for line in rollout_log.get("decisions", []):
+            print(f"  {line}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     ok = result["failures"] == 0 and result["requests"] > 0 and (result["rss_growth"] or 0) <= args.max_growth
+    ok = ok and (args.no_rollout or rollout_log.get("status") == "promoted")
     print(("PASS" if ok else "FAIL") + f": {result['failures']} failed of {result['requests']}; wrote {args.out}")
     return 0 if ok else 1
 
