@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     )
     agreement_threshold: float = Field(0.995, gt=0, le=1, description="bf16/int8 top-1 agreement needed.")
     agreement_samples: int = Field(1000, ge=10, description="Test images used for the agreement check.")
+    agreement_images: Path | None = Field(None, description="A folder of representative images (unlabelled) for "
+                                          "checking bf16/int8 against fp32 and calibrating int8, for a model with "
+                                          "no recorded split and no sample images of its own.")  # fmt: skip
     access_log: bool = Field(True, description="Log every request (BentoML's access log).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: CORS off).")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC (Open Inference Protocol) port; 0: off.")
@@ -144,7 +147,8 @@ class Settings(BaseSettings):
         """What the predictor needs of these settings."""
         return InferenceOptions(self.runtime, self.max_batch_size, self.threads, self.workers, self.max_pixels,
                                 self.agreement_threshold, self.agreement_samples, self.drift_sample,
-                                self.low_confidence)  # fmt: skip
+                                self.low_confidence,
+                                str(self.agreement_images) if self.agreement_images else None)  # fmt: skip
 
     def allowed_roots(self) -> list[Path]:
         return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]

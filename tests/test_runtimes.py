@@ -76,7 +76,7 @@ def named_int8_with_a_perfect_bar(tag: str) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
-def cuda_auto_choice(tag: str) -> dict[str, Any]:
+def auto_report(tag: str) -> dict[str, Any]:
     from service.inference.selection import choose_runtime
     from service.settings import Settings
 
@@ -104,7 +104,7 @@ def test_fp32_runtimes_give_torch_s_logits_and_embeddings(trained_model, name):
 
 @needs_cuda
 def test_auto_on_a_gpu_measures_the_cuda_runtimes_and_gates_fp16_and_bf16(trained_model):
-    report = in_child(cuda_auto_choice, trained_model[0])
+    report = in_child(auto_report, trained_model[0])
     assert set(report["candidates"]) == {"torch-cuda", "torch-cuda-fp16", "torch-cuda-bf16"}
     assert "agreement" not in report["candidates"]["torch-cuda"]
     for name in ("torch-cuda-fp16", "torch-cuda-bf16"):
@@ -138,3 +138,37 @@ def test_a_runtime_below_the_agreement_threshold_is_refused(trained_model):
         assert "agreement with fp32" in answer["error"] and "< 1.0" in answer["error"]
     else:
         assert answer["report"]["agreement"] == 1.0  # int8 happened to agree on every test image
+
+
+def without_split(tag: str, samples: list | None) -> str:
+    """A new version of ``tag``'s model with no recorded split (as an imported model has), and ``samples``."""
+    from training import store
+
+    stored = load_model(tag)
+    meta = stored.metadata
+    saved = store.save_model(tag.split(":")[0], stored.model, architecture=meta["architecture"],
+                             model_kwargs=meta["model_kwargs"], classes=stored.classes,
+                             preprocessing=stored.preprocessing, metrics={}, config={}, fingerprint="none",
+                             samples=samples)  # fmt: skip
+    return str(saved.tag)
+
+
+def test_a_model_without_a_recorded_split_is_checked_on_its_sample_images(trained_model, tmp_path):
+    from conftest import colour_image
+
+    from training.weights import representative_images
+
+    for i in range(40):
+        colour_image((30 + 5 * i, 200 - 4 * i, 90), 32, seed=500 + i).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    samples = representative_images(tmp_path)
+    assert len(samples) == 40
+    tag = without_split(trained_model[0], samples)
+    assert len(load_model(tag).sample_images()) == 40
+    report = in_child(auto_choice, tag)["report"]
+    int8 = report["candidates"]["openvino-int8"]
+    assert "agreement" in int8, int8  # judged, not refused for lack of images
+    assert report["agreement_images"] == "40 sample images stored with the model"
+
+    bare = in_child(auto_report, without_split(trained_model[0], None))
+    assert "no images to measure agreement with fp32 on" in bare["candidates"]["openvino-int8"]["refused"]

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="safetensors file (default weights/<arch>.safetensors)")
     p.add_argument("--save-classifier", metavar="NAME", default=None,
                    help="also save the ImageNet classifier itself to the store under NAME")  # fmt: skip
+    p.add_argument("--samples", type=Path, default=None, help="with --save-classifier: a folder of representative "
+                   "images (unlabelled; up to 512 kept) so bf16 and int8 can be checked against fp32 and int8 "
+                   "calibrated when it is served")  # fmt: skip
 
     p = sub.add_parser(
         "make-mosaic",
@@ -197,7 +200,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 
     model = import_weights(args.arch)
     out = args.out or Path("weights") / f"{args.arch}.safetensors"
-    tag = save_imported(model, args.arch, out, store_name=args.save_classifier)
+    tag = save_imported(model, args.arch, out, store_name=args.save_classifier, samples=args.samples)
     print(f"wrote {out}" + (f"; saved the ImageNet classifier as {tag}" if tag else ""))
     return 0
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .drift import DRIFT_FILE, DriftReference
 from .models import build_model
-from .stored import REPORT_DIR, SPLIT_FILE, StoredModel
+from .stored import REPORT_DIR, SAMPLES_DIR, SPLIT_FILE, StoredModel
 from .transforms import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def save_model(
     labels: dict[str, str] | None = None,
     extra_metadata: dict[str, Any] | None = None,
     drift: DriftReference | None = None,
+    samples: list[Path] | None = None,
 ) -> bentoml.Model:
-    """Write a new version of ``name`` to the store, atomically.
+    """Write a new version of ``name`` to the store, atomically (``samples``: unlabelled representative images
+    kept with it, see :meth:`StoredModel.sample_images`).
 
     BentoML builds the version in a temporary folder and moves it into the store only when this
     block completes, so a failure part-way leaves no half-written model behind.
@@ -98,6 +100,10 @@ def save_model(
             shutil.copytree(report_dir, out / REPORT_DIR)
         if drift is not None:
             drift.save(out / DRIFT_FILE)
+        if samples:
+            (out / SAMPLES_DIR).mkdir()
+            for i, path in enumerate(samples):
+                shutil.copyfile(path, out / SAMPLES_DIR / f"{i:04d}{path.suffix.lower()}")
     log.info("saved %s to the model store", bento_model.tag)
     return get(str(bento_model.tag))  # the stored copy (the object above points at the build folder)
 

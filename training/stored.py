@@ -13,6 +13,7 @@ from .drift import DRIFT_FILE, DriftReference
 from .transforms import Preprocessing
 
 SPLIT_FILE = "split.json"
+SAMPLES_DIR = "samples"  # unlabelled representative images stored with a model that has no recorded split
 REPORT_DIR = "report"
 # The report's pictures, in the order a reader wants them (each present only when it applies to the task).
 REPORT_PICTURES = ("curves.png", "confusion_matrix.png", "samples.png", "pr_curves.png", "hierarchy.png",
@@ -40,6 +41,12 @@ class StoredModel:
     def split(self) -> dict[str, Any] | None:
         f = self.path / SPLIT_FILE
         return json.loads(f.read_text()) if f.is_file() else None
+
+    def sample_images(self) -> list[Path]:
+        """Unlabelled images stored with the model (``import-weights --samples``): representative inputs on which
+        a reduced-precision runtime's decisions are compared with fp32, and int8 is calibrated."""
+        folder = self.path / SAMPLES_DIR
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
     def drift_reference(self) -> DriftReference | None:
         """What the drift monitor compares live embeddings with (models trained before it have none)."""

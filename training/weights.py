@@ -197,8 +197,14 @@ def read_preprocessing(weights_file: str | Path):
     return Preprocessing.model_validate_json(raw) if raw else None
 
 
-def save_imported(model: nn.Module, arch: str, out: Path, store_name: str | None = None) -> str | None:
-    """Write timm-compatible safetensors (with its preprocessing) and optionally store the classifier."""
+MAX_SAMPLES = 512  # representative images kept with an imported classifier
+
+
+def save_imported(model: nn.Module, arch: str, out: Path, store_name: str | None = None,
+                  samples: Path | None = None) -> str | None:  # fmt: skip
+    """Write timm-compatible safetensors (with its preprocessing) and optionally store the classifier, with up
+    to :data:`MAX_SAMPLES` images of ``samples`` (a folder, searched recursively; unlabelled) on which reduced
+    precision is checked against fp32 and int8 is calibrated when it is served."""
     import safetensors.torch
     from timm.data import ImageNetInfo
 
@@ -220,5 +226,27 @@ def save_imported(model: nn.Module, arch: str, out: Path, store_name: str | None
         store_name, model, architecture=arch, model_kwargs={"num_classes": 1000, "in_chans": 3},
         classes=classes, preprocessing=pp, metrics={"source": f"imported ImageNet weights ({SOURCES[arch].pip_name})"},
         config={"imported": arch}, fingerprint="imagenet-1k", labels={"architecture": arch, "origin": "imported"},
+        samples=representative_images(samples) if samples is not None else None,
     )  # fmt: skip
     return str(saved.tag)
+
+
+def representative_images(folder: Path, limit: int = MAX_SAMPLES) -> list[Path]:
+    """Up to ``limit`` decodable images under ``folder``, spread evenly over its sorted files."""
+    from .data.folder import images_under
+    from .imaging import ImageError, decode_image
+
+    if not folder.is_dir():
+        raise ValueError(f"sample folder {folder} does not exist or is not a directory")
+    images, _ = images_under(folder)
+    step = max(1, len(images) // limit)
+    picked = []
+    for path in images[::step][:limit]:
+        try:
+            decode_image(path, 3)
+        except (ImageError, OSError):
+            continue
+        picked.append(path)
+    if not picked:
+        raise ValueError(f"no decodable image under {folder}")
+    return picked

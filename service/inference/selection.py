@@ -1,6 +1,7 @@
 """Choosing the runtime on this machine: with ``auto``, measure every candidate and keep the fastest whose
-decisions agree with fp32 torch on the model's recorded test split (int8 calibrated on its validation split).
-The result is cached per model version."""
+decisions agree with fp32 torch on the model's recorded test split (int8 calibrated on its validation split),
+or, for a model with none (an imported one), on unlabelled representative images: those stored with it, or a
+folder in the settings. The result is cached per model version."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from service.inference.runtimes import (
     export_dir,
     locked,
 )
+from training.data.folder import images_under
 from training.data.recorded import key_loader
+from training.imaging import decode_image
 from training.stored import StoredModel
 from training.tasks import TaskSpec
 from training.transforms import EvalPreprocessor
@@ -47,6 +50,29 @@ def split_batches(stored: StoredModel, transform, split: str, limit: int, batch:
         except Exception as exc:  # noqa: BLE001 - a missing file only shrinks the check
             log.debug("calibration image %s unavailable: %s", key, exc)
     return [np.stack(images[i : i + batch]) for i in range(0, len(images), batch)]
+
+
+def sample_batches(stored: StoredModel, transform, limit: int, folder: str | None,
+                   batch: int = 32) -> tuple[list[np.ndarray], list[np.ndarray], str]:  # fmt: skip
+    """For a model with no recorded split: unlabelled representative images (those stored with the model, then
+    ``folder``'s), alternately for int8 calibration and for the agreement check (never the same image for both);
+    and where they came from, in words."""
+    paths, sources = list(stored.sample_images()), []
+    if paths:
+        sources.append(f"{len(paths)} sample images stored with the model")
+    if folder and Path(folder).is_dir():
+        extra, _ = images_under(Path(folder))
+        paths += extra
+        sources.append(f"{len(extra)} images of IMGCLF_AGREEMENT_IMAGES")
+    images = []
+    for path in paths[: 2 * limit]:
+        try:
+            images.append(transform(decode_image(path, stored.preprocessing.channels)))
+        except Exception as exc:  # noqa: BLE001 - an unreadable file only shrinks the check
+            log.debug("sample image %s unusable: %s", path, exc)
+    halves = images[0::2], images[1::2]
+    calibration, agreement = ([np.stack(h[i : i + batch]) for i in range(0, len(h), batch)] for h in halves)
+    return calibration, agreement, " + ".join(sources)
 
 
 def _agreement(
@@ -80,7 +106,14 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
     transform = EvalPreprocessor(stored.preprocessing)
     # Read and preprocessed only when needed: a named fp32 runtime needs neither split, int8 the validation
     # split only when its export is not cached yet.
-    split = functools.cache(lambda name: split_batches(stored, transform, name, options.agreement_samples))
+    recorded = functools.cache(lambda name: split_batches(stored, transform, name, options.agreement_samples))
+    unlabelled = functools.cache(lambda: sample_batches(stored, transform, options.agreement_samples,
+                                                        options.agreement_images))  # fmt: skip
+
+    def split(name: str) -> list[np.ndarray]:
+        """``test`` (agreement) or ``val`` (int8 calibration): the recorded split, else representative images."""
+        return recorded(name) or (recorded("test") if name == "val" else []) or unlabelled()[name == "test"]
+
     cache_file = export_dir(stored) / "runtimes.json"
     cache = _read_cache(cache_file)
     if options.runtime != "auto":
@@ -95,8 +128,10 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
         entry: dict = {}
         try:
             if name in REDUCED_PRECISION and not split("test"):
-                raise ValueError("no recorded test split to measure agreement on")
-            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(split("val") or split("test")))
+                raise ValueError("no images to measure agreement with fp32 on: no recorded test split, no sample "
+                                 "images stored with the model (import-weights --samples) and no "
+                                 "IMGCLF_AGREEMENT_IMAGES")  # fmt: skip
+            runtime = build_runtime(name, stored, threads, calibration=lambda: iter(split("val")))
             if name in REDUCED_PRECISION:
                 if name in cache and "agreement" in cache[name]:
                     entry["agreement"] = cache[name]["agreement"]
@@ -122,6 +157,8 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
     report["chosen"] = best[1].name
     report["agreement"] = report["candidates"][best[1].name].get("agreement", 1.0)
     report["threads"] = threads
+    if any(n in REDUCED_PRECISION for n in candidates):
+        report["agreement_images"] = "the recorded test split" if recorded("test") else (unlabelled()[2] or None)
     return best[1], report
 
 
