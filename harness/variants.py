@@ -30,3 +30,15 @@ def variant(tag: str, rotate: int = 0, width: int | None = None) -> str:
                              config=meta["config"], fingerprint=meta["dataset_fingerprint"],
                              split=stored.split())  # fmt: skip
     return str(saved.tag)
+
+
+def discard(*tags: str) -> None:
+    """Delete variants from the store when a test is done with them: another test serving the newest version of
+    the same name must not find them."""
+    import contextlib
+
+    import bentoml
+
+    for tag in tags:
+        with contextlib.suppress(Exception):  # gone already
+            bentoml.models.delete(tag)

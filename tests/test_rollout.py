@@ -176,3 +176,32 @@ def test_an_operator_promotes_or_aborts_at_any_stage(registry):
     assert promoted.status == "promoted" and registry.champion("m") == "m:new"
     with pytest.raises(Exception, match="no rollout"):
         conductor.decide_by_hand(True, "nothing there")
+
+
+def test_a_job_whose_challenger_passes_the_gate_starts_a_rollout_instead_of_promoting(trained_model, tmp_path):
+    from harness.variants import discard, variant
+    from service.retraining.job import judge as judge_job
+    from service.retraining.records import RetrainRequest
+    from service.settings import Settings
+
+    champion = trained_model[0]
+    name = champion.split(":")[0]
+    challenger = variant(champion)  # an exact copy: the gate cannot find it worse
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.ensure_champion(name, champion)
+    settings = Settings(model_name=name, evaluation_share=0.0, rollout=RolloutPlan(stages=["shadow", "canary"]))
+    request = RetrainRequest().model_dump(mode="json")
+    job = registry.create_job(name, "local", request, {}, champion_tag=champion)
+    decision = judge_job(registry, settings, job, challenger)
+    assert decision.promote and not decision.promoted and decision.rollout_id is not None, decision.reason
+    assert "rolling out: shadow -> canary -> champion" in decision.reason
+    rollout = registry.rollout(name)
+    assert rollout.tag == challenger and rollout.stage == "shadow" and rollout.job_id == job.id
+    assert registry.champion(name) == champion  # still serving until the rollout says otherwise
+
+    direct = RetrainRequest(rollout=RolloutPlan()).model_dump(mode="json")  # the request overrides the settings
+    registry.step_rollout(rollout.id, "shadow", "aborted", "test", [])
+    registry.finish_job(job.id, "succeeded")
+    job = registry.create_job(name, "local", direct, {}, champion_tag=champion)
+    assert judge_job(registry, settings, job, challenger).promoted and registry.champion(name) == challenger
+    discard(challenger)

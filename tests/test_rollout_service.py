@@ -14,7 +14,7 @@ import pytest
 from conftest import colour_image, encode
 
 from harness.server import Server
-from harness.variants import variant
+from harness.variants import discard, variant
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer rollout"}
@@ -142,3 +142,4 @@ def test_rollouts_promote_a_good_challenger_and_abort_bad_ones_under_load(traine
         assert versions.get(good, 0) > 0 and versions.get(slow, 0) > 0, versions
     finally:
         server.stop()
+        discard(good, disagreeing, slow)

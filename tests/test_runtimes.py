@@ -141,12 +141,13 @@ def test_a_runtime_below_the_agreement_threshold_is_refused(trained_model):
 
 
 def without_split(tag: str, samples: list | None) -> str:
-    """A new version of ``tag``'s model with no recorded split (as an imported model has), and ``samples``."""
+    """``tag``'s model saved under another name with no recorded split (as an imported model has), and
+    ``samples``."""
     from training import store
 
     stored = load_model(tag)
     meta = stored.metadata
-    saved = store.save_model(tag.split(":")[0], stored.model, architecture=meta["architecture"],
+    saved = store.save_model("colours-unrecorded", stored.model, architecture=meta["architecture"],
                              model_kwargs=meta["model_kwargs"], classes=stored.classes,
                              preprocessing=stored.preprocessing, metrics={}, config={}, fingerprint="none",
                              samples=samples)  # fmt: skip

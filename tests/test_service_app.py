@@ -16,8 +16,9 @@ from service.settings import Settings
 @pytest.fixture(scope="module")
 def client(trained_model):
     tag, _ = trained_model
-    settings = Settings(model_name=tag.split(":")[0], runtime="torch", max_batch_size=8, max_latency_ms=5,
-                        max_upload_bytes=200_000, max_pixels=4_000_000, max_batch_images=4)  # fmt: skip
+    settings = Settings(model_name=tag.split(":")[0], model_tag=tag, runtime="torch", max_batch_size=8,
+                        max_latency_ms=5, max_upload_bytes=200_000, max_pixels=4_000_000,
+                        max_batch_images=4)  # fmt: skip
     worker = build_worker(settings)
     worker.follower.load()
     with TestClient(create_app(settings, lambda: worker.path)) as c:

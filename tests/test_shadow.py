@@ -12,7 +12,7 @@ import pytest
 from conftest import colour_image, encode
 
 from harness.server import Server
-from harness.variants import variant
+from harness.variants import discard, variant
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer shadow"}
@@ -103,3 +103,4 @@ def test_a_shadow_scores_live_images_beside_the_champion(trained_model, tmp_path
         wait_loaded(server, None)
     finally:
         server.stop()
+        discard(same, rotated)

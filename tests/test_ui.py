@@ -11,7 +11,7 @@ import pytest
 from conftest import LEARNED, TOY, TOY_GATE, colour_image, encode, make_folder_dataset, stored_top1, train_to_criterion
 
 from harness.server import Server
-from harness.variants import variant
+from harness.variants import discard, variant
 from training import load_config
 
 pytestmark = pytest.mark.slow
@@ -144,6 +144,7 @@ def test_a_rollout_in_the_operations_tab(site, browser, tmp_path):
     page.wait_for_selector("#shadow-state:has-text('no rollout')")
     recent = httpx.get(server.base + "/rollout", headers={"Authorization": f"Bearer {TOKEN}"}).json()["recent"][0]
     assert recent["status"] == "aborted" and "by an operator in shadow" in recent["history"][-1]["reason"]
+    discard(challenger)
 
 
 def test_bad_token_is_worded_by_the_service(site, browser):

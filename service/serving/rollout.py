@@ -74,6 +74,7 @@ class RolloutFollower:
         telemetry.set_rollout(rollout)
         if rollout is None:
             self._failed = None  # a version that failed may be rolled out again later, and is then retried
+            self._key = None  # its last counts are reported: nothing more to write
             self._let_go(None)
             return
         want = (rollout.tag, rollout.stage or "")
