@@ -127,3 +127,15 @@ def test_the_ingress_holds_the_service_limits():
     assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "imgclf", "port": {"name": "http"}}
+
+
+def test_the_settings_file_is_valid_settings(monkeypatch):
+    """Every line of the ConfigMap's settings parses, and production rolls challengers out through shadow and
+    canary rather than promoting them at once."""
+    for line in (K8S / "base" / "settings.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("IMGCLF_ADMIN_TOKEN_FILE")  # a mounted Secret in the pod
+    settings = Settings()
+    assert settings.rollout.stages == ["shadow", "canary"] and settings.retrain_backend == "kubernetes"
