@@ -62,6 +62,13 @@ def wait_ended(server: Server, token: str, rollout_id: int, timeout: float) -> d
     return None
 
 
+def describe(log: dict, what: str) -> str:
+    """The rollout's outcome and its decisions, for a load test's summary."""
+    lines = [f"{what}: {log.get('status')}; stage seconds {log.get('stage_seconds')}; every worker serves it: "
+             f"{log.get('every_worker_serves_it')}"]  # fmt: skip
+    return "\n".join(lines + [f"  {line}" for line in log.get("decisions", [])])
+
+
 def _served(server: Server) -> set[str]:
     return set(served_models(httpx.get(server.base + "/metrics").text).values())
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.server import Server  # noqa: E402
-from loadtests.rollout import restore, roll_out  # noqa: E402
+from loadtests.rollout import describe, restore, roll_out  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -90,12 +90,7 @@ def main() -> int:
         server.stop()
     print(summary(rows))
     if rollout:
-        print(
-            f"rollout of {rollout.get('challenger')}: {rollout.get('status')}; stage seconds "
-            f"{rollout.get('stage_seconds')}; every worker serves it: {rollout.get('every_worker_serves_it')}"
-        )
-        for line in rollout.get("decisions", []):
-            print(f"  {line}")
+        print(describe(rollout, f"rollout of {rollout.get('challenger')}"))
         (args.out / "rollout.json").write_text(json.dumps(rollout, indent=2))
     print(f"CSV and HTML in {args.out}")
     failures = int(rows["Aggregated"]["Failure Count"])

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.server import Server, rss_bytes, served_models  # noqa: E402
-from loadtests.rollout import QUICK_PLAN, restore, roll_out, wait_ended  # noqa: E402
+from loadtests.rollout import QUICK_PLAN, describe, restore, roll_out, wait_ended  # noqa: E402
 from loadtests.run import run_locust, summary  # noqa: E402
 
 CLASSIFY_ONLY = "classify=1,batch=0,json=0,grpc=0,ops=0"
@@ -176,12 +176,7 @@ def main() -> int:
         for line in retrain_log.get("rollout", {}).get("decisions", []):
             print(f"  rollout: {line}")
     if rollout_log:
-        print(
-            f"rollout of a copy at a fifth: {rollout_log.get('status')}, stage seconds "
-            f"{rollout_log.get('stage_seconds')}; every worker serves it: {rollout_log.get('every_worker_serves_it')}"
-        )
-        for line in rollout_log.get("decisions", []):
-            print(f"  {line}")
+        print(describe(rollout_log, "rollout of a copy at a fifth"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     ok = result["failures"] == 0 and result["requests"] > 0 and (result["rss_growth"] or 0) <= args.max_growth

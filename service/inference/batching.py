@@ -89,6 +89,10 @@ class MicroBatcher:
         finally:
             self.pending -= 1
 
+    async def submit_one(self, x: np.ndarray) -> list[np.ndarray]:
+        """:meth:`submit` as a one-row list, the shape of :meth:`submit_many`'s answer."""
+        return [await self.submit(x)]
+
     async def submit_many(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(self.submit(x) for x in xs)))
 

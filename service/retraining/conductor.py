@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 
 from service import telemetry
 from service.errors import Conflict
 from service.retraining.records import Rollout, RolloutPlan
-from service.retraining.registry import Registry
+from service.retraining.registry import Registry, holder_id
 from service.retraining.rollout import FeedbackScore, Step, Tally, judge
 
 log = logging.getLogger(__name__)
@@ -23,7 +21,7 @@ class Conductor:
         self.model_name = model_name
         self.registry = registry
         self.default_plan = default_plan
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder_id()
 
     def start(self, tag: str, reason: str, plan: RolloutPlan | None = None, job_id: str | None = None) -> Rollout:
         """Put ``tag`` on the plan's first stage. Raises :class:`Conflict` while another rollout is active."""

@@ -11,12 +11,10 @@ mirrors (a lease in the registry); the aliases are set from the registry's state
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 from service.retraining.records import ChampionEvent
-from service.retraining.registry import Registry
+from service.retraining.registry import Registry, holder_id
 from training import store
 from training.mlflow_models import ensure_version
 from training.tracking import mlflow_client
@@ -39,7 +37,7 @@ class MlflowMirror:
         self.registry = registry
         self.model_name = model_name
         self.lease_seconds = lease_seconds
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder_id()
         self._client: Any = None
 
     @property

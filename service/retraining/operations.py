@@ -177,7 +177,7 @@ class Operations:
         if active is not None and active.plan == plan.model_copy(update={"shadow": active.plan.shadow}):
             self.decide_rollout(False, f"replaced by a shadow of {tag}")  # one observing shadow replaces another
         self.start_rollout(tag, reason or "manual shadow", plan)
-        return self._shadow()
+        return self._shadow(self.conductor.status())
 
     def _loadable(self, tag: str) -> tuple[str, StoredModel]:
         """The exact stored version ``tag`` names, loaded (a damaged model is refused before any use)."""
@@ -208,25 +208,26 @@ class Operations:
              "architecture": m.info.metadata.get("architecture", "?"), "metrics": m.info.metadata.get("metrics", {})}
             for m in store.list_versions(self.model_name)
         ]  # fmt: skip
+        active = self.conductor.status()
         return {"name": self.model_name, "champion": champion, "versions": versions,
                 "history": self.registry.history(self.model_name),
-                "feedback": self.registry.feedback_counts(self.model_name), "shadow": self._shadow(),
-                "rollout": self.conductor.status(), "evaluation_set": self.evaluation_set().summary()}  # fmt: skip
+                "feedback": self.registry.feedback_counts(self.model_name), "shadow": self._shadow(active),
+                "rollout": active, "evaluation_set": self.evaluation_set().summary()}  # fmt: skip
 
     def evaluation_set(self) -> EvaluationSet:
         return evaluation_set(self.registry, self.model_name, self.settings.evaluation_share,
                               self.settings.evaluation_max_images)  # fmt: skip
 
-    def _shadow(self) -> dict | None:
-        """The challenger in shadow, as the web page shows it: what this worker compared."""
-        rollout = self.registry.rollout(self.model_name)
-        if rollout is None or rollout.stage != "shadow":
+    def _shadow(self, active: dict | None) -> dict | None:
+        """The challenger in shadow (``active``: the conductor's status), as the web page shows it: what this
+        worker compared."""
+        if active is None or active["stage"] != "shadow":
             return None
         mine = self.rollout_status() or {}
         seen = {"compared": mine.get("compared", 0), "agreement": mine.get("agreement"),
                 "dropped": mine.get("dropped", 0)}  # fmt: skip
-        return {"tag": rollout.tag, "fraction": rollout.fraction, "reason": rollout.reason,
-                "started_at": rollout.started_at, "rollout_id": rollout.id, "loaded": bool(mine.get("loaded")),
+        return {"tag": active["tag"], "fraction": active["fraction"], "reason": active["reason"],
+                "started_at": active["started_at"], "rollout_id": active["id"], "loaded": bool(mine.get("loaded")),
                 "this_worker": seen}  # fmt: skip
 
     # ------------------------------------------------------------ the labelling queue

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from service import telemetry
 from service.inference.drift import DriftStatus
 from service.retraining.records import Job, RetrainPolicies, RetrainRequest, Trigger
-from service.retraining.registry import JobConflict, Registry, now
+from service.retraining.registry import JobConflict, Registry, holder_id, now
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ class Autopilot:
         self.registry = registry
         self.drift = drift
         self.start = start
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder_id()
         self._drift = Held()
         self._low = Held()
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +31,11 @@ log = logging.getLogger(__name__)
 RETRIES = 3
 
 ANY = object()  # promote(..., replacing=ANY): whatever the champion is now
+
+
+def holder_id() -> str:
+    """This process, as leases and per-worker rows name it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def now() -> dt.datetime:

@@ -231,11 +231,12 @@ class ClassifyPath:
         """``served``'s answers for preprocessed images (``data``: the one image's encoded bytes, if known), told
         to the rollout when there is one."""
         rollout = self.rollout
+        submit = served.batcher.submit_many(xs) if len(xs) > 1 else served.batcher.submit_one(xs[0])
         if rollout is None or rollout.rollout is None:
-            return await served.batcher.submit_many(xs) if len(xs) > 1 else [await served.batcher.submit(xs[0])]
+            return await submit
         start = time.perf_counter()
         try:
-            outs = await served.batcher.submit_many(xs) if len(xs) > 1 else [await served.batcher.submit(xs[0])]
+            outs = await submit
         except Exception:
             for _ in xs:
                 rollout.failed(served)

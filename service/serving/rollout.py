@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +31,7 @@ import numpy as np
 from service import telemetry
 from service.inference.answers import decide
 from service.retraining.records import Rollout
-from service.retraining.registry import Registry
+from service.retraining.registry import Registry, holder_id
 from service.retraining.rollout import Tally
 from service.serving.follower import Served
 
@@ -54,7 +52,7 @@ class RolloutFollower:
         self.build = build
         self.low_confidence = low_confidence
         self.on_disagreement = on_disagreement
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = holder_id()
         self.rollout: Rollout | None = None
         self.served: Served | None = None  # the challenger, loaded for ``self._loaded_for``
         self._loaded_for: tuple[str, str] | None = None  # (tag, stage)
