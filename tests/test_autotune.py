@@ -51,3 +51,32 @@ def test_fp16_on_a_cpu_is_refused_with_what_to_use():
 def test_the_processor_is_named_with_its_bf16_flags():
     text = autotune.cpu_description()
     assert text and text.endswith("]")
+
+
+class _Scripted:
+    """A stand-in trial whose rounds measure the rates it is given, in order."""
+
+    def __init__(self, *rates: float, seconds: float = 0.0):
+        self.rates, self.seconds, self.calls = list(rates), seconds, 0
+
+    def step(self) -> None:
+        pass
+
+    def rate(self, steps: int) -> float:
+        import time
+
+        time.sleep(self.seconds)
+        self.calls += 1
+        return self.rates.pop(0)
+
+
+def test_candidates_are_timed_in_interleaved_rounds_and_each_keeps_its_best():
+    # One disturbed moment (the first round of "b") must not hand the choice to the slower candidate.
+    trials = {"a": _Scripted(1000, 1100, 1050), "b": _Scripted(500, 2000, 1900)}
+    assert autotune.measure(trials, rounds=3) == {"a": 1100, "b": 2000}
+
+
+def test_slow_candidates_are_measured_once():
+    trials = {"a": _Scripted(10, 10, 10, seconds=0.05), "b": _Scripted(20, 20, 20, seconds=0.05)}
+    autotune.measure(trials, rounds=3, budget_s=0.05)
+    assert trials["a"].calls == trials["b"].calls == 1
