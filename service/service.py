@@ -42,6 +42,8 @@ from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+CAPACITY = settings.capacity()
+log.info("serving with %s", CAPACITY.describe())
 connections.install(connections.ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes,
                                                  settings.max_connections))  # fmt: skip
 IN_FLIGHT = InFlight(settings.max_concurrency)  # one per worker process: the routes and the API methods share it
@@ -74,7 +76,7 @@ async def _answer(route: str, call: Awaitable[BaseModel]) -> JSONResponse:
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
     name="imgclf",
-    workers=settings.workers,
+    workers=CAPACITY.workers,
     traffic={"timeout": 60},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     logging={"access": {"enabled": settings.access_log, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
@@ -127,7 +129,7 @@ class ImageClassifier:
         """The model being served (the same answer as GET /model)."""
 
         async def info() -> ModelInfo:
-            return describe_model(self.worker.path.require())
+            return describe_model(self.worker.path.require(), CAPACITY)
 
         return await _answer("/api/model_info", info())
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.inference.capacity import Capacity, plan, usable_cores
 from service.inference.options import InferenceOptions
 from service.retraining.records import RetrainPolicies, RolloutPlan
 from training._env import REPO_ROOT
@@ -33,7 +34,9 @@ class Settings(BaseSettings):
     max_latency_ms: float = Field(
         1.0, ge=0, le=10_000, description="Longest an image waits for company while the runtime is idle."
     )
-    workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    workers: int | None = Field(
+        None, ge=1, le=64, description="Server worker processes (default: one a core the server may use, at most 8)."
+    )
     threads: int | None = Field(None, ge=1, description="Inference threads per worker (default: cores / workers).")
     max_concurrency: int = Field(256, ge=1, description="Requests in flight per worker before 429.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
@@ -143,9 +146,14 @@ class Settings(BaseSettings):
             self.admin_token = SecretStr(token) if token else None
         return self
 
+    def capacity(self) -> Capacity:
+        """Workers and threads: as set, else chosen from the cores this process may use."""
+        return plan(usable_cores(), self.workers, self.threads)
+
     def inference(self) -> InferenceOptions:
         """What the predictor needs of these settings."""
-        return InferenceOptions(self.runtime, self.max_batch_size, self.threads, self.workers, self.max_pixels,
+        capacity = self.capacity()
+        return InferenceOptions(self.runtime, self.max_batch_size, capacity.threads, capacity.workers, self.max_pixels,
                                 self.agreement_threshold, self.agreement_samples, self.drift_sample,
                                 self.low_confidence,
                                 str(self.agreement_images) if self.agreement_images else None)  # fmt: skip

@@ -13,6 +13,9 @@ from pathlib import Path
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="imgclf-test-store-")
 atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+# Servers under test run one worker unless a test asks for more (the default, one a core, starts a process
+# per core for every server a test starts).
+os.environ.setdefault("IMGCLF_WORKERS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

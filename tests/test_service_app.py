@@ -73,6 +73,9 @@ def test_model_info(client):
     assert info["preprocessing"]["input_size"] == 32
     assert "accuracy" in info["metrics"]["test"]
     assert info["runtime"]["chosen"] == "torch"
+    serving = info["serving"]  # the server's workers and threads, and how they were chosen
+    assert serving["workers"] >= 1 and serving["threads"] >= 1 and serving["cores"] >= 1
+    assert serving["decode_threads"] >= 2 and "workers:" in serving["chosen"]
 
 
 def _bomb() -> bytes:

@@ -114,7 +114,7 @@ def create_app(settings: Settings, get_path: Callable[[], ClassifyPath], get_ops
 
     @app.get("/model", response_model=ModelInfo, responses=ERROR_RESPONSES, summary="The model being served")
     async def get_model() -> ModelInfo:
-        return model_info(get_path().require())
+        return model_info(get_path().require(), settings.capacity())
 
     @app.get("/model/report/{picture}", responses=error_responses(HTTPStatus.NOT_FOUND),
              response_class=FileResponse, summary="A picture of the served model's evaluation report")  # fmt: skip

@@ -12,6 +12,7 @@ from service.edge.schemas import BatchItem, ClassifyBatchResponse, ClassifyRespo
 from service.errors import Overloaded
 from service.inference import Classifier
 from service.inference.answers import ClassifyQuery
+from service.inference.capacity import Capacity
 from service.serving import ClassifyPath, ImageResult
 from training.stored import REPORT_DIR, REPORT_PICTURES
 
@@ -68,7 +69,7 @@ async def classify_many(path: ClassifyPath, images: list[bytes], query: Classify
     return ClassifyBatchResponse(model=clf.tag, task=clf.task.kind, results=items)
 
 
-def model_info(clf: Classifier) -> ModelInfo:
+def model_info(clf: Classifier, capacity: Capacity | None = None) -> ModelInfo:
     meta = clf.stored.metadata
     task = clf.task
     pictures = [p for p in REPORT_PICTURES if (clf.stored.path / REPORT_DIR / p).is_file()]
@@ -80,4 +81,4 @@ def model_info(clf: Classifier) -> ModelInfo:
                      dataset_fingerprint=meta.get("dataset_fingerprint"), training=meta.get("training"),
                      calibration=meta.get("calibration"),
                      drift=clf.drift.status.to_dict() if clf.drift else None,
-                     report_pictures=pictures)  # fmt: skip
+                     report_pictures=pictures, serving=capacity.to_dict() if capacity else None)  # fmt: skip

@@ -83,6 +83,10 @@ class ModelInfo(BaseModel):
     created: str
     runtime: dict[str, Any] = Field(..., description="Runtime in use, with its measured agreement with fp32.")
     worker_pid: int = Field(..., description="The server worker process that answered (each serves one version).")
+    serving: dict[str, Any] | None = Field(
+        None, description="The server's workers, inference and decode threads, the cores it may use, and how each "
+        "was chosen (IMGCLF_WORKERS / IMGCLF_THREADS, or from the cores).",
+    )  # fmt: skip
     dataset_fingerprint: str | None = Field(None, description="SHA-256 of the training data's file list and labels.")
     report_pictures: list[str] = Field(default_factory=list, description="Pictures at GET /model/report/{name}.")
     calibration: dict[str, Any] | None = Field(

@@ -73,7 +73,8 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
     admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
     path = ClassifyPath(settings.model_name, lambda: follower.served, admission, arrivals, settings.default_top_k,
-                        settings.low_confidence, settings.abstain_below)  # fmt: skip
+                        settings.low_confidence, settings.abstain_below,
+                        decode_threads=settings.capacity().decode_threads)  # fmt: skip
     telemetry.set_drift(None)  # the drift series exist from start-up
     capturer = None
     if settings.capture and registry is not None:

@@ -89,7 +89,7 @@ class ClassifyPath:
 
     def __init__(self, model_name: str, current: Callable[[], Served | None], admission: Admission,
                  arrivals: Arrivals, default_top_k: int, low_confidence: float,
-                 abstain_below: float | None = None):  # fmt: skip
+                 abstain_below: float | None = None, decode_threads: int = 2):  # fmt: skip
         self.model_name = model_name
         # set by the service when capture is on: offered every answered image (see retraining.capture)
         self.capture: Callable[[bytes, np.ndarray, str, list[str]], None] | None = None
@@ -101,7 +101,7 @@ class ClassifyPath:
         self.arrivals = arrivals
         self.default_top_k = default_top_k
         self.low_confidence = low_confidence
-        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
+        self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="preprocess")
 
     def admit(self, count: int, sizes: list[int] | None = None) -> None:
         self.admission.check(count, sizes)
