@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-test run train serve build test test-fast lint bench bench-train bench-serve gpu-check import-weights lite0-model clean loadtest sweep soak model perf-report train-tree train-mosaic tensorboard
+.PHONY: setup setup-test run train serve build test test-fast lint bench bench-train bench-serve bench-peers gpu-check import-weights lite0-model clean loadtest sweep soak model perf-report train-tree train-mosaic tensorboard
 
 # Set-up, split by purpose (each step idempotent):
 #   setup       what running needs: the virtualenv with the runtime dependencies, and Fashion-MNIST
@@ -131,6 +131,10 @@ bench-serve: model lite0-model wrk
 	$(PY) benchmarks/bench_serve.py --model $(MODEL) --model lite0-fashion --model imagenet-lite0
 
 bench: bench-serve
+
+# This service beside Mosec and LitServe (their own venv, .venv-peers), same model, runtime and wrk, one run.
+bench-peers: import-weights wrk
+	$(PY) benchmarks/bench_peers.py --model imagenet-lite0
 
 # On a machine with an NVIDIA GPU: set up, run the CUDA tests, then measure GPU serving (batched fp32/fp16/bf16),
 # JPEG decoding on the GPU and AMP training throughput, printed as one table (benchmarks/gpu_check.py).

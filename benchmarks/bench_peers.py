@@ -1,0 +1,241 @@
+"""Peer comparison: this service beside Mosec and LitServe, same model, same runtime, same load generator, one run.
+
+    make bench-peers                                         # imagenet-lite0 (EfficientNet-Lite0 at 224 px)
+    python benchmarks/bench_peers.py --model imagenet-lite0 --seconds 20
+
+The model is exported once to ONNX (the very file this service's ``onnx`` runtime runs); each peer serves it with
+ONNX Runtime (2 intra-op threads), dynamic batching (max 32, 10 ms), and the preprocessing stored with the model,
+written as its own documentation teaches (``benchmarks/peers/``) and run from a virtualenv of its own
+(``.venv-peers``: the framework, onnxruntime, Pillow and numpy, at this venv's versions; made on first use).
+This service runs with its defaults (workers from the cores), on ``onnx`` and on its own choice (``auto``).
+Every server is driven by the same ``wrk`` (one thread) posting real photos as JPEGs (quality 90), one server
+at a time on an otherwise idle machine: a warm-up, then each concurrency for ``--seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_serve import Load, measure  # noqa: E402
+
+from harness.server import Server, free_port  # noqa: E402
+from service.inference.runtimes import export_onnx  # noqa: E402
+from service.serving import resolve_tag  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from training.autotune import cpu_description  # noqa: E402
+from training.store import load_model  # noqa: E402
+
+PEERS_VENV = ROOT / ".venv-peers"
+PEER_PACKAGES = ["mosec==0.9.8", "litserve==0.2.19"]
+SHARED_PACKAGES = ["onnxruntime", "pillow", "numpy", "python-multipart"]  # at this venv's versions: the same runtime on both sides
+
+
+@dataclass
+class Contender:
+    """A server under test: how to start it, where it answers, and how a request looks to it."""
+
+    name: str
+    runtime: str
+    start: Callable[[Load], Server | PeerServer]  # given a request to probe readiness with
+    load: Callable[[bytes], Load]  # a photo -> the request this server is sent
+
+
+def photos(sizes: list[str]) -> dict[str, bytes]:
+    """scikit-image's astronaut photo at each ``WxH``, as a JPEG of quality 90."""
+    from skimage import data
+
+    out = {}
+    for size in sizes:
+        w, h = (int(v) for v in size.split("x"))
+        buf = io.BytesIO()
+        Image.fromarray(data.astronaut()).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=90)
+        out[size] = buf.getvalue()
+    return out
+
+
+def peers_python() -> Path:
+    """The peers' own virtualenv, made on first use (pip, with this venv's onnxruntime, Pillow and numpy)."""
+    python = PEERS_VENV / "bin" / "python"
+    stamp = PEERS_VENV / ".installed"
+    wanted = PEER_PACKAGES + [f"{p}=={md.version(p)}" for p in SHARED_PACKAGES]
+    if not stamp.is_file() or stamp.read_text() != "\n".join(wanted):
+        if not python.is_file():
+            subprocess.run([os.environ.get("PYTHON_SYS", "python3.11"), "-m", "venv", str(PEERS_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
+        stamp.write_text("\n".join(wanted))
+    return python
+
+
+def export(tag: str, out: Path) -> Path:
+    """The model as the peers get it: the ONNX file this service runs, its preprocessing and its classes."""
+    stored = load_model(tag)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(export_onnx(stored), out / "model.onnx")
+    (out / "preprocessing.json").write_text(json.dumps(stored.metadata["preprocessing"]))
+    (out / "classes.json").write_text(json.dumps(stored.classes))
+    return out
+
+
+class PeerServer:
+    """A peer's process on a free port, ready once ``probe`` answers 200."""
+
+    def __init__(self, cmd: list[str], env: dict, port: int, probe: Load, log: Path):
+        self.cmd, self.env, self.port, self.probe, self.log = cmd, env, port, probe, log
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> PeerServer:
+        fh = self.log.open("w")
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT / "benchmarks" / "peers", env=self.env, stdout=fh,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.cmd[1]} exited: {self.log.read_text()[-2000:]}")
+            try:
+                r = httpx.post(self.base + self.probe.path, content=self.probe.body,
+                               headers={"Content-Type": self.probe.content_type}, timeout=10)  # fmt: skip
+                if r.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.cmd[1]} not ready in {timeout:.0f} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def multipart(field: str, path: str, photo: bytes) -> Load:
+    request = httpx.Request("POST", "http://bench" + path, files={field: ("photo.jpg", photo, "image/jpeg")})
+    return Load(path, request.read(), request.headers["Content-Type"])
+
+
+def contenders(tag: str, model_dir: Path, work: Path, threads: int, batch: int, wait_ms: float) -> list[Contender]:
+    peer_env = dict(os.environ, PEER_MODEL_DIR=str(model_dir), PEER_THREADS=str(threads),
+                    PEER_MAX_BATCH=str(batch), PEER_MAX_WAIT_MS=str(wait_ms))  # fmt: skip
+    peer_env.pop("PYTHONPATH", None)
+
+    def ours(runtime: str):
+        def start(probe: Load) -> Server:
+            env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_MODEL_TAG=tag, IMGCLF_RUNTIME=runtime,
+                       IMGCLF_MAX_BATCH_SIZE=str(batch), IMGCLF_MAX_LATENCY_MS=str(wait_ms),
+                       IMGCLF_ACCESS_LOG="false", IMGCLF_DRIFT_SAMPLE="0")  # fmt: skip
+            server = Server(env, work / f"imgclf-{runtime}.log")
+            server.env.pop("IMGCLF_WORKERS", None)  # the defaults: workers from the cores
+            return server.start(timeout=300)
+
+        return start
+
+    def peer(script: str, args: list[str]):
+        def start(probe: Load) -> PeerServer:
+            port = free_port()
+            cmd = [str(peers_python()), script, *[a.format(port=port) for a in args]]
+            return PeerServer(cmd, peer_env, port, probe, work / f"{script}.log").start()
+
+        return start
+
+    return [
+        Contender("this service", "onnx", ours("onnx"), Load.single),
+        Contender("Mosec 0.9.8", "onnx", peer("mosec_server.py", ["--port", "{port}"]),
+                  lambda photo: Load("/inference", photo, "image/jpeg")),
+        Contender("LitServe 0.2.19", "onnx", peer("litserve_server.py", ["{port}"]),
+                  lambda photo: multipart("image", "/predict", photo)),
+        Contender("this service", "auto", ours("auto"), Load.single),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="imagenet-lite0", help="store name (default imagenet-lite0)")
+    p.add_argument("--seconds", type=float, default=15)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--photos", nargs="+", default=["640x480", "1280x960"], help="photo sizes, WxH")
+    p.add_argument("--threads", type=int, default=2, help="the peers' ONNX Runtime threads")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--wait-ms", type=float, default=10)
+    p.add_argument("--only", nargs="*", help="run only these contenders (name substrings)")
+    args = p.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench_peers needs wrk (Debian's package; make bench-peers installs it)")
+    tag = resolve_tag(Settings(model_name=args.model))
+    work = Path(tempfile.mkdtemp(prefix="imgclf-peers-"))
+    model_dir = export(tag, work / "model")
+    images = photos(args.photos)
+    print(f"== {tag} on {cpu_description()} ({os.cpu_count()} cores); photos {', '.join(args.photos)} as JPEG q90; "
+          f"{args.seconds:.0f} s a point; logs in {work} ==")  # fmt: skip
+    results: list[tuple[Contender, str, int, dict]] = []
+    for who in contenders(tag, model_dir, work, args.threads, args.batch, args.wait_ms):
+        if args.only and not any(o.lower() in f"{who.name} {who.runtime}".lower() for o in args.only):
+            continue
+        first = next(iter(images.values()))
+        server = who.start(who.load(first))
+        try:
+            for size, photo in images.items():
+                load = who.load(photo)
+                measure(server.base, load, 1, 5)  # warm-up at this size
+                for c in args.concurrency:
+                    r = measure(server.base, load, c, args.seconds)
+                    results.append((who, size, c, r))
+                    print(f"  {who.name:<16} {who.runtime:<5} {size:>9} c={c:<3} {r['img_per_s']:7.1f} req/s  "
+                          f"p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f} ms  errors {r['errors']}", flush=True)  # fmt: skip
+        finally:
+            server.stop()
+    print_table(results, args.concurrency, list(images))
+
+
+def print_table(results: list, concurrency: list[int], sizes: list[str]) -> None:
+    for size in sizes:
+        print(f"\n{size} photo: requests/s (p99 ms)\n")
+        print("| server | runtime | " + " | ".join(f"c={c}" for c in concurrency) + " |")
+        print("| --- | --- |" + " --- |" * len(concurrency))
+        rows: dict[tuple[str, str], dict[int, dict]] = {}
+        for who, s, c, r in results:
+            if s == size:
+                rows.setdefault((who.name, who.runtime), {})[c] = r
+        for (name, runtime), by_c in rows.items():
+            cells = [f"{by_c[c]['img_per_s']:.1f} ({by_c[c]['p99']:.0f})" if c in by_c else "" for c in concurrency]
+            print(f"| {name} | {runtime} | " + " | ".join(cells) + " |")
+        for c in concurrency:
+            ours = {rt: by_c[c] for (n, rt), by_c in rows.items() if n == "this service" and c in by_c}
+            peers = [by_c[c] for (n, rt), by_c in rows.items() if n != "this service" and rt == "onnx" and c in by_c]
+            if not peers:
+                continue
+            best = max(peers, key=lambda r: r["img_per_s"])
+            parts = []
+            if "onnx" in ours:
+                parts.append(f"same runtime {ours['onnx']['img_per_s'] / best['img_per_s']:.2f}x the best peer "
+                             f"(target 1.2x), p99 {ours['onnx']['p99']:.0f} vs {best['p99']:.0f} ms")  # fmt: skip
+            if "auto" in ours:
+                parts.append(f"own choice {ours['auto']['img_per_s'] / best['img_per_s']:.2f}x (target 1.5x)")
+            print(f"c={c}: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
