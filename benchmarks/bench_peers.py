@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_serve import Load, measure  # noqa: E402
 
-from harness.server import Server, free_port  # noqa: E402
+from harness.server import Server, free_port, tree_cpu_seconds  # noqa: E402
 from service.inference.runtimes import export_onnx  # noqa: E402
 from service.serving import resolve_tag  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -46,7 +46,12 @@ from training.store import load_model  # noqa: E402
 
 PEERS_VENV = ROOT / ".venv-peers"
 PEER_PACKAGES = ["mosec==0.9.8", "litserve==0.2.19"]
-SHARED_PACKAGES = ["onnxruntime", "pillow", "numpy", "python-multipart"]  # at this venv's versions: the same runtime on both sides
+SHARED_PACKAGES = [
+    "onnxruntime",
+    "pillow",
+    "numpy",
+    "python-multipart",
+]  # at this venv's versions: the same runtime on both sides
 
 
 @dataclass
@@ -201,10 +206,13 @@ def main() -> None:
                 load = who.load(photo)
                 measure(server.base, load, 1, 5)  # warm-up at this size
                 for c in args.concurrency:
-                    r = measure(server.base, load, c, args.seconds)
+                    cpu = tree_cpu_seconds(server.proc.pid)
+                    r = measure(server.base, load, c, args.seconds, warmup=False)
+                    r["cpu_ms"] = (tree_cpu_seconds(server.proc.pid) - cpu) * 1000 / max(r["requests"], 1)
                     results.append((who, size, c, r))
                     print(f"  {who.name:<16} {who.runtime:<5} {size:>9} c={c:<3} {r['img_per_s']:7.1f} req/s  "
-                          f"p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f} ms  errors {r['errors']}", flush=True)  # fmt: skip
+                          f"p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f} ms  CPU {r['cpu_ms']:5.1f} ms/req  "
+                          f"errors {r['errors']}", flush=True)  # fmt: skip
         finally:
             server.stop()
     print_table(results, args.concurrency, list(images))
@@ -212,7 +220,7 @@ def main() -> None:
 
 def print_table(results: list, concurrency: list[int], sizes: list[str]) -> None:
     for size in sizes:
-        print(f"\n{size} photo: requests/s (p99 ms)\n")
+        print(f"\n{size} photo: requests/s (p99 ms) [server CPU ms a request]\n")
         print("| server | runtime | " + " | ".join(f"c={c}" for c in concurrency) + " |")
         print("| --- | --- |" + " --- |" * len(concurrency))
         rows: dict[tuple[str, str], dict[int, dict]] = {}
@@ -220,7 +228,8 @@ def print_table(results: list, concurrency: list[int], sizes: list[str]) -> None
             if s == size:
                 rows.setdefault((who.name, who.runtime), {})[c] = r
         for (name, runtime), by_c in rows.items():
-            cells = [f"{by_c[c]['img_per_s']:.1f} ({by_c[c]['p99']:.0f})" if c in by_c else "" for c in concurrency]
+            cells = [f"{by_c[c]['img_per_s']:.1f} ({by_c[c]['p99']:.0f}) [{by_c[c]['cpu_ms']:.1f}]" if c in by_c else ""
+                     for c in concurrency]  # fmt: skip
             print(f"| {name} | {runtime} | " + " | ".join(cells) + " |")
         for c in concurrency:
             ours = {rt: by_c[c] for (n, rt), by_c in rows.items() if n == "this service" and c in by_c}

@@ -68,22 +68,24 @@ class Load:
         return cls("/classify_batch", request.read(), request.headers["Content-Type"], len(images))
 
 
-def drive_wrk(base: str, load: Load, concurrency: int, seconds: float) -> dict:
-    """wrk (C, one thread) as the load generator: it leaves the cores to the server."""
+def drive_wrk(base: str, load: Load, concurrency: int, seconds: float, warmup: bool = True) -> dict:
+    """wrk (C, one thread) as the load generator: it leaves the cores to the server. ``warmup``: a second at
+    concurrency 1 first, not counted."""
     with tempfile.NamedTemporaryFile(suffix=".body") as fh:
         fh.write(load.body)
         fh.flush()
         env = dict(os.environ, WRK_IMAGE=fh.name, WRK_CONTENT_TYPE=load.content_type)
         url = base + load.path
-        subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-s", str(WRK_SCRIPT), url], env=env, capture_output=True,
-                       check=True)  # warm-up  # fmt: skip
+        if warmup:
+            subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-s", str(WRK_SCRIPT), url], env=env, capture_output=True,
+                           check=True)  # fmt: skip
         out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "30s", "-s",
                               str(WRK_SCRIPT), url], env=env, capture_output=True, text=True,
                              check=True).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     r = json.loads(line.removeprefix("WRK_JSON "))
     return {"img_per_s": (r["requests"] - r["errors"]) * load.images / (r["duration_us"] / 1e6), "p50": r["p50"],
-            "p95": r["p95"], "p99": r["p99"], "errors": r["errors"]}  # fmt: skip
+            "p95": r["p95"], "p99": r["p99"], "errors": r["errors"], "requests": r["requests"]}  # fmt: skip
 
 
 async def drive(base: str, load: Load, concurrency: int, seconds: float) -> dict:
@@ -112,12 +114,12 @@ async def drive(base: str, load: Load, concurrency: int, seconds: float) -> dict
         elapsed = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 2 else [float("nan")] * 99
     return {"img_per_s": len(latencies) * load.images / elapsed, "p50": q[49] * 1e3, "p95": q[94] * 1e3,
-            "p99": q[98] * 1e3, "errors": errors}  # fmt: skip
+            "p99": q[98] * 1e3, "errors": errors, "requests": len(latencies) + errors}  # fmt: skip
 
 
-def measure(base: str, load: Load, concurrency: int, seconds: float) -> dict:
+def measure(base: str, load: Load, concurrency: int, seconds: float, warmup: bool = True) -> dict:
     if shutil.which("wrk"):
-        return drive_wrk(base, load, concurrency, seconds)
+        return drive_wrk(base, load, concurrency, seconds, warmup)
     return asyncio.run(drive(base, load, concurrency, seconds))
 
 
