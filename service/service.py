@@ -42,6 +42,12 @@ from service.serving import Worker, build_worker
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
+# BentoML's server logging passes other packages' records from WARNING up; what the service chose and did (its
+# workers and threads, each model's runtime, swaps, rollouts, jobs) is said at INFO. Refused connections stay
+# quiet: a hostile client would otherwise write a line per attempt.
+logging.getLogger("service").setLevel(logging.INFO)
+logging.getLogger("training").setLevel(logging.INFO)
+logging.getLogger("service.edge.connections").setLevel(logging.WARNING)
 settings = get_settings()
 CAPACITY = settings.capacity()
 log.info("serving with %s", CAPACITY.describe())
