@@ -160,7 +160,8 @@ class Settings(BaseSettings):
         return InferenceOptions(self.runtime, self.max_batch_size, capacity.threads, capacity.workers, self.max_pixels,
                                 self.agreement_threshold, self.agreement_samples, self.drift_sample,
                                 self.low_confidence,
-                                str(self.agreement_images) if self.agreement_images else None)  # fmt: skip
+                                str(self.agreement_images) if self.agreement_images else None,
+                                str(self.feedback_dir / self.model_name))  # fmt: skip
 
     def allowed_roots(self) -> list[Path]:
         return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]

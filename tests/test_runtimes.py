@@ -173,3 +173,25 @@ def test_a_model_without_a_recorded_split_is_checked_on_its_sample_images(traine
 
     bare = in_child(auto_report, without_split(trained_model[0], None))
     assert "no images to measure agreement with fp32 on" in bare["candidates"]["openvino-int8"]["refused"]
+
+
+def auto_report_with_feedback(tag: str, feedback_dir: str) -> dict[str, Any]:
+    from service.inference.selection import choose_runtime
+    from service.settings import Settings
+
+    settings = Settings(model_name=tag.split(":")[0], max_batch_size=8, feedback_dir=feedback_dir)
+    return choose_runtime(load_model(tag), settings.inference(), 1)[1]
+
+
+def test_with_nothing_else_the_feedback_store_s_live_images_judge_reduced_precision(trained_model, tmp_path):
+    from conftest import COLOURS, colour_image
+
+    tag = without_split(trained_model[0], None)
+    for name, rgb in COLOURS.items():  # <feedback_dir>/<model>/<label>/<hash>.png, as feedback is kept
+        folder = tmp_path / tag.split(":")[0] / name
+        folder.mkdir(parents=True)
+        for i in range(10):
+            colour_image(rgb, 40, seed=900 + i).save(folder / f"{i:02d}.png")
+    report = in_child(auto_report_with_feedback, tag, str(tmp_path))
+    assert "agreement" in report["candidates"]["openvino-int8"], report  # judged, not refused for lack of images
+    assert report["agreement_images"] == "30 feedback images"

@@ -17,3 +17,4 @@ class InferenceOptions:
     drift_sample: float = 0.5  # share of served images the drift monitor samples (0: no monitor)
     low_confidence: float = 0.5  # top-1 score below which an answer counts as low-confidence
     agreement_images: str | None = None  # a folder of representative images for models with no recorded split
+    feedback_images: str | None = None  # the served model's feedback store: live images people labelled

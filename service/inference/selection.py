@@ -1,7 +1,8 @@
 """Choosing the runtime on this machine: with ``auto``, measure every candidate and keep the fastest whose
 decisions agree with fp32 torch on the model's recorded test split (int8 calibrated on its validation split),
-or, for a model with none (an imported one), on unlabelled representative images: those stored with it, or a
-folder in the settings. The result is cached per model version."""
+or, for a model with none (an imported one), on unlabelled representative images: those stored with it, a
+folder in the settings, and the live images people sent as feedback for it. The result is cached per model
+version."""
 
 from __future__ import annotations
 
@@ -52,18 +53,19 @@ def split_batches(stored: StoredModel, transform, split: str, limit: int, batch:
     return [np.stack(images[i : i + batch]) for i in range(0, len(images), batch)]
 
 
-def sample_batches(stored: StoredModel, transform, limit: int, folder: str | None,
+def sample_batches(stored: StoredModel, transform, limit: int, folder: str | None, feedback: str | None = None,
                    batch: int = 32) -> tuple[list[np.ndarray], list[np.ndarray], str]:  # fmt: skip
     """For a model with no recorded split: unlabelled representative images (those stored with the model, then
-    ``folder``'s), alternately for int8 calibration and for the agreement check (never the same image for both);
-    and where they came from, in words."""
+    ``folder``'s, then the live images of its ``feedback`` store), alternately for int8 calibration and for the
+    agreement check (never the same image for both); and where they came from, in words."""
     paths, sources = list(stored.sample_images()), []
     if paths:
         sources.append(f"{len(paths)} sample images stored with the model")
-    if folder and Path(folder).is_dir():
-        extra, _ = images_under(Path(folder))
-        paths += extra
-        sources.append(f"{len(extra)} images of IMGCLF_AGREEMENT_IMAGES")
+    for where, what in ((folder, "images of IMGCLF_AGREEMENT_IMAGES"), (feedback, "feedback images")):
+        extra = images_under(Path(where))[0] if where and Path(where).is_dir() else []
+        if extra:
+            paths += extra
+            sources.append(f"{len(extra)} {what}")
     images = []
     for path in paths[: 2 * limit]:
         try:
@@ -108,7 +110,7 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
     # split only when its export is not cached yet.
     recorded = functools.cache(lambda name: split_batches(stored, transform, name, options.agreement_samples))
     unlabelled = functools.cache(lambda: sample_batches(stored, transform, options.agreement_samples,
-                                                        options.agreement_images))  # fmt: skip
+                                                        options.agreement_images, options.feedback_images))  # fmt: skip
 
     def split(name: str) -> list[np.ndarray]:
         """``test`` (agreement) or ``val`` (int8 calibration): the recorded split, else representative images."""
@@ -129,8 +131,8 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
         try:
             if name in REDUCED_PRECISION and not split("test"):
                 raise ValueError("no images to measure agreement with fp32 on: no recorded test split, no sample "
-                                 "images stored with the model (import-weights --samples) and no "
-                                 "IMGCLF_AGREEMENT_IMAGES")  # fmt: skip
+                                 "images stored with the model (import-weights --samples), no "
+                                 "IMGCLF_AGREEMENT_IMAGES and no feedback images")  # fmt: skip
             runtime = build_runtime(name, stored, threads, calibration=lambda: iter(split("val")))
             if name in REDUCED_PRECISION:
                 if name in cache and "agreement" in cache[name]:
