@@ -151,9 +151,9 @@ def contenders(tag: str, model_dir: Path, work: Path, threads: int, batch: int, 
         def start(probe: Load) -> Server:
             env = dict(IMGCLF_MODEL_NAME=tag.split(":")[0], IMGCLF_MODEL_TAG=tag, IMGCLF_RUNTIME=runtime,
                        IMGCLF_MAX_BATCH_SIZE=str(batch), IMGCLF_MAX_LATENCY_MS=str(wait_ms),
-                       IMGCLF_ACCESS_LOG="false", IMGCLF_DRIFT_SAMPLE="0")  # fmt: skip
+                       IMGCLF_ACCESS_LOG="false")  # fmt: skip
             server = Server(env, work / f"imgclf-{runtime}.log")
-            server.env.pop("IMGCLF_WORKERS", None)  # the defaults: workers from the cores
+            server.env.pop("IMGCLF_WORKERS", None)  # its defaults (workers from the cores, the drift monitor on)
             return server.start(timeout=300)
 
         return start
