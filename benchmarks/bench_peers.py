@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_serve import Load, measure  # noqa: E402
 
-from harness.server import Server, free_port, tree_cpu_seconds  # noqa: E402
+from harness.server import Server, free_port, tree_cpu_seconds, wait_ready  # noqa: E402
 from service.inference.runtimes import export_onnx  # noqa: E402
 from service.serving import resolve_tag  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -112,20 +111,16 @@ class PeerServer:
         fh = self.log.open("w")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT / "benchmarks" / "peers", env=self.env, stdout=fh,
                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.cmd[1]} exited: {self.log.read_text()[-2000:]}")
-            try:
-                r = httpx.post(self.base + self.probe.path, content=self.probe.body,
-                               headers={"Content-Type": self.probe.content_type}, timeout=10)  # fmt: skip
-                if r.status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.cmd[1]} not ready in {timeout:.0f} s: {self.log.read_text()[-2000:]}")
+        probe = self.probe
+
+        def answer() -> httpx.Response:
+            return httpx.post(self.base + probe.path, content=probe.body,
+                              headers={"Content-Type": probe.content_type}, timeout=10)  # fmt: skip
+
+        if not wait_ready(self.proc, answer, timeout, self.log.read_text):
+            self.stop()
+            raise RuntimeError(f"{self.cmd[1]} not ready in {timeout:.0f} s: {self.log.read_text()[-2000:]}")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

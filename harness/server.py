@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,18 +37,10 @@ class Server:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}: {self.log()[-3000:]}")
-            try:
-                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server not ready in {timeout:.0f} s: {self.log()[-3000:]}")
+        if not wait_ready(self.proc, lambda: httpx.get(self.base + "/readyz", timeout=2), timeout, self.log):
+            self.stop()
+            raise RuntimeError(f"server not ready in {timeout:.0f} s: {self.log()[-3000:]}")
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -70,6 +63,22 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+
+
+def wait_ready(proc: subprocess.Popen, probe: Callable[[], httpx.Response], timeout: float,
+               log: Callable[[], str]) -> bool:  # fmt: skip
+    """True once ``probe`` answers 200 within ``timeout``; False if it never does; raises if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[1:4]} exited with {proc.returncode}: {log()[-3000:]}")
+        try:
+            if probe().status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def served_models(metrics_text: str) -> dict[str, str]:

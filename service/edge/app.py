@@ -73,6 +73,7 @@ def create_app(settings: Settings, get_path: Callable[[], ClassifyPath], get_ops
     install_handlers(app)
     in_flight = in_flight or InFlight(settings.max_concurrency)
     upload = settings.max_upload_bytes
+    capacity = settings.capacity()  # read once: it looks at the CPU affinity and the container's quota
 
     @app.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
               response_model_exclude_unset=True, openapi_extra=_multipart_body("image", many=False),
@@ -114,7 +115,7 @@ def create_app(settings: Settings, get_path: Callable[[], ClassifyPath], get_ops
 
     @app.get("/model", response_model=ModelInfo, responses=ERROR_RESPONSES, summary="The model being served")
     async def get_model() -> ModelInfo:
-        return model_info(get_path().require(), settings.capacity())
+        return model_info(get_path().require(), capacity)
 
     @app.get("/model/report/{picture}", responses=error_responses(HTTPStatus.NOT_FOUND),
              response_class=FileResponse, summary="A picture of the served model's evaluation report")  # fmt: skip
