@@ -18,6 +18,14 @@ def test_the_pace_leaves_the_first_epoch_out():
     assert epochs_that_fit(3, 11, [60.0, 10.0, 10.0], time.monotonic() - 1) == 3  # never before now
 
 
+def test_the_log_says_the_end_the_run_keeps(caplog):
+    caplog.set_level("INFO", "training.schedule")
+    assert epochs_that_fit(7, 7, [40.0, 45.0], time.monotonic() - 5) == 7  # the last epoch ran past the budget
+    assert not caplog.records  # nothing left to shorten: no "now ends at epoch 6" after epoch 7
+    assert epochs_that_fit(3, 11, [60.0, 10.0, 10.0], time.monotonic() - 1) == 3
+    assert caplog.messages == ["time budget: 0 more epoch(s) fit at 10 s an epoch; the schedule now ends at epoch 3"]
+
+
 def test_only_a_time_cut_leaves_a_note():
     cfg = load_config(dotted=["epochs=11", "max_minutes=5"])
     choice = PrecisionChoice("fp32", False, measured=False)

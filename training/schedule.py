@@ -29,11 +29,11 @@ def epochs_that_fit(epoch: int, last: int, epoch_seconds: list[float], deadline:
     if len(epoch_seconds) < 2:
         return last
     per_epoch = sum(epoch_seconds[1:]) / (len(epoch_seconds) - 1)
-    fit = epoch + int((deadline - time.monotonic()) // per_epoch)
-    if fit < last:
+    end = max(epoch, min(last, epoch + int((deadline - time.monotonic()) // per_epoch)))
+    if end < last:
         log.info("time budget: %d more epoch(s) fit at %.0f s an epoch; the schedule now ends at epoch %d",
-                 max(fit - epoch, 0), per_epoch, fit)  # fmt: skip
-    return max(epoch, min(last, fit))
+                 end - epoch, per_epoch, end)  # fmt: skip
+    return end
 
 
 @dataclass(frozen=True)
