@@ -17,14 +17,13 @@ import torch
 from training import load_config, train
 from training.autotune import cpu_description
 from training.engine import Runtime, train_one_epoch
-from training.models import build_model, model_kwargs
+from training.models import build_model, config_kwargs
 
 
 def throughput(cfg, precision: str, channels_last: bool, steps: int = 15) -> float:
     m = cfg.model
     size, channels = m.img_size or 28, m.channels or 1
-    model = build_model(m.name, **model_kwargs(m.name, 10, channels, m.width, m.depth, m.drop_rate,
-                                               first_block_convs=m.first_block_convs))  # fmt: skip
+    model = build_model(m.name, **config_kwargs(m, 10, channels))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     rt = Runtime(torch.device("cpu"), torch.bfloat16 if precision == "bf16" else None, channels_last)

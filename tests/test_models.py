@@ -10,6 +10,17 @@ def test_scratch_cnn_shapes():
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
 
 
+def test_a_narrower_first_block_and_the_mirror_average():
+    m = build_model("scratch-cnn", **model_kwargs("scratch-cnn", 5, 1, width=8, depth=2, first_width=4, flip_tta=True))
+    assert m.features[0].out_channels == 4 and m.num_features == 16
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        m.eval()
+        torch.testing.assert_close(m(x), m(x.flip(3)))  # outside training, an image and its mirror answer alike
+        m.train()
+        assert not torch.allclose(m(x), m(x.flip(3)))  # training sees each image as it is
+
+
 def test_timm_model_by_name_and_freezing():
     m = build_model("resnet10t", **model_kwargs("resnet10t", 4, 3)).eval()
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4)

@@ -87,6 +87,18 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 # ---------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def mirrored_model(shared_folder_dataset, tmp_path_factory) -> str:
+    """The default recipe's architecture options (a narrower first block, the mirror average), trained briefly."""
+    from training import load_config, train
+
+    cfg = load_config(dotted=[f"data.source={shared_folder_dataset}", f"output_dir={tmp_path_factory.mktemp('runs')}",
+                              "name=colours-mirrored", "epochs=1", "batch_size=8", "model.width=8", "model.depth=2",
+                              "model.first_width=4", "model.flip_tta=true", "data.workers=0", "data.val_fraction=0.2",
+                              "data.test_fraction=0.25", "model.img_size=32"])  # fmt: skip
+    return train(cfg).tag
+
+
 def test_the_recorded_splits_are_read_back_as_batches(trained_model):
     tag = trained_model[0]
     record = load_model(tag).split()
@@ -100,6 +112,13 @@ def test_the_recorded_splits_are_read_back_as_batches(trained_model):
 @pytest.mark.parametrize("name", ["onnx", "openvino", pytest.param("torch-cuda", marks=needs_cuda)])
 def test_fp32_runtimes_give_torch_s_logits_and_embeddings(trained_model, name):
     assert in_child(fp32_max_difference, trained_model[0], name) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_the_mirror_average_is_in_the_exported_graph(mirrored_model, name):
+    kwargs = load_model(mirrored_model).metadata["model_kwargs"]  # stored, so the runtimes rebuild the same graph
+    assert kwargs["first_width"] == 4 and kwargs["flip_tta"] is True
+    assert in_child(fp32_max_difference, mirrored_model, name) < 1e-4
 
 
 @needs_cuda

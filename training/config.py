@@ -80,6 +80,12 @@ class ModelConfig(_Section):
     width: int = Field(32, ge=4, description="scratch-cnn: channels of the first block.")
     depth: int = Field(3, ge=1, le=6, description="scratch-cnn: number of conv blocks.")
     first_block_convs: int = Field(2, ge=1, le=2, description="scratch-cnn: convs in the full-resolution block.")
+    first_width: int | None = Field(
+        None, ge=4, description="scratch-cnn: channels of the full-resolution block (default: width)."
+    )
+    flip_tta: bool = Field(
+        False, description="scratch-cnn: outside training, average each image's features with its mirror image's."
+    )
     drop_rate: float = Field(0.2, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     img_size: int | None = Field(None, ge=8, description="Input size; default from the model or the data.")

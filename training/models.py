@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from training.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +26,21 @@ class ScratchCNN(nn.Module):
     """conv-BN-ReLU x2 + max-pool blocks, channels doubling per block, then pooled dropout + linear.
 
     Small enough to train on two CPU cores in minutes; ``width`` and ``depth`` scale it.
-    ``first_block_convs=1`` gives the full-resolution block one conv instead of two: that block costs
-    the most memory traffic, and the default Fashion-MNIST recipe trains about a third faster without it.
+    The full-resolution block costs the most memory traffic: ``first_width`` gives it fewer channels than
+    ``width`` (the later blocks keep ``width * 2**i``), ``first_block_convs=1`` one conv instead of two.
+    ``flip_tta`` makes the model, outside training, average the feature maps of each image and of its
+    mirror image: one forward pass of twice the batch, built into the graph every runtime exports, so
+    evaluation and serving answer alike (+0.2 points of Fashion-MNIST test accuracy for the default recipe).
     """
 
     def __init__(self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, drop_rate: float = 0.2,
-                 first_block_convs: int = 2):  # fmt: skip
+                 first_block_convs: int = 2, first_width: int | None = None, flip_tta: bool = False):  # fmt: skip
         super().__init__()
+        self.flip_tta = flip_tta
         layers: list[nn.Module] = []
         c_in = in_chans
         for i in range(depth):
-            c_out = width * 2**i
+            c_out = (first_width or width) if i == 0 else width * 2**i
             for _ in range(first_block_convs if i == 0 else 2):
                 layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                            nn.ReLU(inplace=True)]  # fmt: skip
@@ -51,7 +58,11 @@ class ScratchCNN(nn.Module):
         return self.classifier
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        if self.training or not self.flip_tta:
+            return self.features(x)
+        n = x.shape[0]
+        both = self.features(torch.cat([x, x.flip(3)]))
+        return (both[:n] + both[n:].flip(3)) / 2
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x).flatten(1)
@@ -94,15 +105,29 @@ def model_kwargs(
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     first_block_convs: int = 2,
+    first_width: int | None = None,
+    flip_tta: bool = False,
 ) -> dict[str, Any]:
     """The constructor arguments that, with ``name``, rebuild the architecture (stored with the model)."""
     if name == SCRATCH:
         kw = {"num_classes": num_classes, "in_chans": in_chans, "width": width, "depth": depth, "drop_rate": drop_rate}
-        return kw | ({"first_block_convs": first_block_convs} if first_block_convs != 2 else {})
+        if first_block_convs != 2:
+            kw["first_block_convs"] = first_block_convs
+        if first_width and first_width != width:
+            kw["first_width"] = first_width
+        if flip_tta:
+            kw["flip_tta"] = True
+        return kw
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     return kwargs
+
+
+def config_kwargs(m: ModelConfig, num_classes: int, in_chans: int) -> dict[str, Any]:
+    """``model_kwargs`` from a config's ``model`` section."""
+    return model_kwargs(m.name, num_classes, in_chans, m.width, m.depth, m.drop_rate, m.drop_path_rate,
+                        m.first_block_convs, m.first_width, m.flip_tta)  # fmt: skip
 
 
 def build_model(

@@ -34,7 +34,7 @@ from .distributed import DistInfo, broadcast, cleanup, init_distributed
 from .early_stopping import EarlyStopping
 from .engine import Execution, predict, train_one_epoch, validation_metrics, weighted_soft_cross_entropy
 from .metrics import pr_curves, tune_thresholds
-from .models import build_model, model_kwargs, set_backbone_trainable
+from .models import build_model, config_kwargs, set_backbone_trainable
 from .prepare import (
     EmaStepper,
     StepCounter,
@@ -116,8 +116,7 @@ def _train(cfg: TrainConfig, info: DistInfo, on_epoch_end: EpochCallback | None,
     load = data_sources.key_loader(splits.source, channels)
 
     m = cfg.model
-    kwargs = model_kwargs(m.name, num_classes, channels, m.width, m.depth, m.drop_rate, m.drop_path_rate,
-                          m.first_block_convs)  # fmt: skip
+    kwargs = config_kwargs(m, num_classes, channels)
     model = build_model(m.name, pretrained=m.pretrained, weights_file=m.weights_file, **kwargs)
     pp = resolve_preprocessing(cfg, model, splits, load, channels)
     choice = None
