@@ -37,8 +37,8 @@ def _ceiling_worker(tag: str, runtime: str, images: list[bytes], batches: list[i
                     ready) -> list[tuple[int, float]]:  # fmt: skip
     """One process of the ceiling: for each batch size, decode + preprocess + infer in a tight loop, the
     processes starting each batch size together (``ready`` is a barrier shared by all of them)."""
-    settings = Settings(model_name=tag.split(":")[0], runtime=runtime, max_batch_size=max(batches))
-    clf = build_classifier(load_model(tag), settings.inference(), threads)
+    settings = Settings(model_name=tag.split(":")[0], runtime=runtime, max_batch_size=max(batches), threads=threads)
+    clf = build_classifier(load_model(tag), settings.inference())
     out = []
     for batch in batches:
         clf.infer(np.stack([clf.preprocess(d) for d in images[:batch]]))  # warm

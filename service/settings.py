@@ -161,7 +161,7 @@ class Settings(BaseSettings):
                                 self.agreement_threshold, self.agreement_samples, self.drift_sample,
                                 self.low_confidence,
                                 str(self.agreement_images) if self.agreement_images else None,
-                                str(self.feedback_dir / self.model_name))  # fmt: skip
+                                str(self.feedback_dir / self.model_name), capacity.lone_threads)  # fmt: skip
 
     def allowed_roots(self) -> list[Path]:
         return [p.resolve() for p in (*self.data_roots, self.feedback_dir)]

@@ -9,19 +9,20 @@ from service.settings import Settings
 @pytest.mark.parametrize(
     ("cores", "workers", "threads", "expected"),
     [
-        (2, None, None, (2, 1, 2)),  # one worker a core, each with its core
-        (1, None, None, (1, 1, 2)),
-        (16, None, None, (MAX_AUTO_WORKERS, 2, 2)),  # each worker holds the model: the count stops at 8
-        (4, 1, None, (1, 4, 4)),  # one worker gets every core, and decodes on as many threads
-        (4, 2, 1, (2, 1, 2)),  # both as set
+        (2, None, None, (2, 1, 2, 2)),  # one worker a core, each with its core, and both cores for a lone image
+        (1, None, None, (1, 1, 2, 1)),
+        (16, None, None, (MAX_AUTO_WORKERS, 2, 2, 16)),  # each worker holds the model: the count stops at 8
+        (4, 1, None, (1, 4, 4, 4)),  # one worker gets every core, and decodes on as many threads
+        (4, 2, 1, (2, 1, 2, 1)),  # both as set: a lone image too runs on the threads asked for
     ],
 )
 def test_the_plan_uses_every_core_unless_told(cores, workers, threads, expected):
     capacity = plan(cores, workers, threads)
-    assert (capacity.workers, capacity.threads, capacity.decode_threads) == expected
+    assert (capacity.workers, capacity.threads, capacity.decode_threads, capacity.lone_threads) == expected
     assert capacity.cores == cores
     assert ("IMGCLF_WORKERS" in capacity.chosen) == (workers is not None)
     assert f"on {cores} core(s)" in capacity.describe()
+    assert ("a lone image on" in capacity.describe()) == (capacity.lone_threads > capacity.threads)
 
 
 def test_a_container_quota_caps_the_cores(tmp_path):

@@ -83,6 +83,21 @@ def auto_report(tag: str) -> dict[str, Any]:
     return choose_runtime(load_model(tag), Settings(model_name="x", max_batch_size=8).inference(), 1)[1]
 
 
+def lone_image_runtimes(tag: str) -> dict[str, Any]:
+    from service.inference import build_classifier
+    from service.inference.options import InferenceOptions
+
+    out = {}
+    x = split_batches(tag, "test")[0][:1]
+    for name in ("onnx", "torch"):
+        options = InferenceOptions(runtime=name, max_batch_size=4, threads=1, lone_threads=2, drift_sample=0)
+        clf = build_classifier(load_model(tag), options)
+        agrees = np.allclose(clf.infer(x), clf.task.activate(clf.runtime(x)), atol=1e-5)  # lone vs shared runtime
+        out[name] = {"lone": clf.lone and clf.lone.name, "report": clf.runtime_report.get("lone_image_threads"),
+                     "agrees": bool(agrees)}  # fmt: skip
+    return out
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -119,6 +134,12 @@ def test_the_mirror_average_is_in_the_exported_graph(mirrored_model, name):
     kwargs = load_model(mirrored_model).metadata["model_kwargs"]  # stored, so the runtimes rebuild the same graph
     assert kwargs["first_width"] == 4 and kwargs["flip_tta"] is True
     assert in_child(fp32_max_difference, mirrored_model, name) < 1e-4
+
+
+def test_a_lone_image_runs_on_every_core_where_the_runtime_has_its_own_threads(trained_model):
+    got = in_child(lone_image_runtimes, trained_model[0])
+    assert got["onnx"] == {"lone": "onnx", "report": 2, "agrees": True}  # a second session, two threads
+    assert got["torch"]["lone"] is None  # torch's threads are one setting for the whole process
 
 
 @needs_cuda

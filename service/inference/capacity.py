@@ -46,17 +46,20 @@ def usable_cores() -> int:
 @dataclass(frozen=True)
 class Capacity:
     """What a server runs: ``workers`` processes, each with ``threads`` inference threads and
-    ``decode_threads`` threads decoding and preprocessing images; ``chosen`` says how."""
+    ``decode_threads`` threads decoding and preprocessing images; ``chosen`` says how. A batch of one image
+    (the worker has no other work: the server is lightly loaded) runs on ``lone_threads``."""
 
     cores: int
     workers: int
     threads: int
     decode_threads: int
     chosen: str
+    lone_threads: int = 0  # 0: as ``threads``
 
     def describe(self) -> str:
-        return (f"{self.workers} worker(s) x {self.threads} inference thread(s) and {self.decode_threads} decode "
-                f"thread(s) on {self.cores} core(s) ({self.chosen})")  # fmt: skip
+        lone = f", a lone image on {self.lone_threads}" if self.lone_threads > self.threads else ""
+        return (f"{self.workers} worker(s) x {self.threads} inference thread(s){lone} and {self.decode_threads} "
+                f"decode thread(s) on {self.cores} core(s) ({self.chosen})")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,8 +67,9 @@ class Capacity:
 
 def plan(cores: int, workers: int | None = None, threads: int | None = None) -> Capacity:
     """Workers one a core (at most :data:`MAX_AUTO_WORKERS`) unless ``workers`` is given; inference threads
-    the worker's share of the cores unless ``threads`` is given; decode threads as many, and at least two
-    (one image decodes while the next one's bytes arrive)."""
+    the worker's share of the cores unless ``threads`` is given, and every core for a lone image (at low load
+    one request would otherwise run on one core while the others idle); decode threads as many as inference
+    threads, and at least two (one image decodes while the next one's bytes arrive)."""
     chosen = []
     if workers is None:
         workers = max(1, min(cores, MAX_AUTO_WORKERS))
@@ -74,7 +78,9 @@ def plan(cores: int, workers: int | None = None, threads: int | None = None) -> 
         chosen.append("workers: IMGCLF_WORKERS")
     if threads is None:
         threads = max(1, cores // workers)
-        chosen.append("threads: cores / workers")
+        lone = cores
+        chosen.append("threads: cores / workers, a lone image every core")
     else:
+        lone = threads
         chosen.append("threads: IMGCLF_THREADS")
-    return Capacity(cores, workers, threads, max(2, threads), "; ".join(chosen))
+    return Capacity(cores, workers, threads, max(2, threads), "; ".join(chosen), lone)

@@ -16,7 +16,7 @@ import numpy as np
 
 from service.inference.drift import DriftMonitor
 from service.inference.options import InferenceOptions
-from service.inference.runtimes import InferenceRuntime
+from service.inference.runtimes import OWN_THREAD_POOL, InferenceRuntime, build_runtime
 from service.inference.selection import choose_runtime
 from training.imaging import decode_image
 from training.stored import StoredModel
@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Classifier:
-    """A stored model ready to serve: its transform, its runtime and what was measured choosing it."""
+    """A stored model ready to serve: its transform, its runtime and what was measured choosing it.
+
+    ``lone``, when set, is the same runtime with more threads, for a batch of one image: a worker with one image
+    to run has no other work, so the server is lightly loaded and the cores other workers would use are idle.
+    """
 
     stored: StoredModel
     runtime: InferenceRuntime
@@ -36,6 +40,7 @@ class Classifier:
     runtime_report: dict = field(default_factory=dict)
     load_seconds: float = 0.0
     drift: DriftMonitor | None = None  # watches every batch's embeddings once set
+    lone: InferenceRuntime | None = None
 
     def __post_init__(self) -> None:
         self.task = TaskSpec.from_metadata(self.stored.metadata)
@@ -63,9 +68,10 @@ class Classifier:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Scores (N, C) for a preprocessed float32 batch (N, C, H, W): probabilities, or sigmoids (multi-label)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        runtime = self.lone if self.lone is not None and len(x) == 1 else self.runtime
         if self.drift is None:
-            return self.task.activate(self.runtime(x))
-        logits, embedding = self.runtime.with_embedding(x)
+            return self.task.activate(runtime(x))
+        logits, embedding = runtime.with_embedding(x)
         scores = self.task.activate(logits)
         self.drift.observe(embedding, scores)
         return scores
@@ -80,6 +86,11 @@ def build_classifier(
     threads = threads or options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     runtime, report = choose_runtime(stored, options, threads)
     clf = Classifier(stored, runtime, options.max_pixels, report)
+    if (options.lone_threads or 0) > threads and runtime.name in OWN_THREAD_POOL:
+        # int8's calibrated export is cached by now, so no calibration images are needed again
+        clf.lone = build_runtime(runtime.name, stored, options.lone_threads, calibration=lambda: iter(()),
+                                 shared_cores=True)  # fmt: skip
+        report["lone_image_threads"] = options.lone_threads
     warm = np.zeros((options.max_batch_size, *clf.input_shape), np.float32)
     size = options.max_batch_size
     while size >= 1:  # every power-of-two batch size: a runtime's first batch of a new size is slow
@@ -89,5 +100,6 @@ def build_classifier(
     if reference is not None:  # after the warm-up: zeros are not traffic
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
     clf.load_seconds = time.perf_counter() - start
-    log.info("%s runs on %s (%.1fs to choose and warm up)", stored.tag, runtime.name, clf.load_seconds)
+    lone = f", a lone image on {options.lone_threads} threads" if clf.lone else ""
+    log.info("%s runs on %s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, clf.load_seconds)
     return clf

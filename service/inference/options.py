@@ -18,3 +18,4 @@ class InferenceOptions:
     low_confidence: float = 0.5  # top-1 score below which an answer counts as low-confidence
     agreement_images: str | None = None  # a folder of representative images for models with no recorded split
     feedback_images: str | None = None  # the served model's feedback store: live images people labelled
+    lone_threads: int | None = None  # threads for a batch of one image, when more than ``threads``

@@ -123,12 +123,16 @@ def export_onnx(stored: StoredModel) -> Path:
     return out
 
 
-def onnx_runtime(stored: StoredModel, threads: int) -> InferenceRuntime:
+def onnx_runtime(stored: StoredModel, threads: int, spin: bool = True) -> InferenceRuntime:
+    """``spin=False`` for threads that share their cores with other workers: idle ONNX Runtime threads
+    otherwise spin-wait for the next run, burning the cores the other workers need."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(export_onnx(stored)), opts, providers=["CPUExecutionProvider"])
 
@@ -185,16 +189,23 @@ def bf16_supported() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+# Runtimes with a thread pool of their own, so one process can hold two instances with different thread counts
+# (torch's threads are one setting for the whole process).
+OWN_THREAD_POOL = ("onnx", "openvino", "openvino-bf16", "openvino-int8")
+
+
 def build_runtime(name: str, stored: StoredModel, threads: int,
-                  calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> InferenceRuntime:  # fmt: skip
-    """Build one runtime by name. Raises ValueError for a runtime this machine cannot run."""
-    runtime = _build(name, stored, threads, calibration)
+                  calibration: Callable[[], Iterator[np.ndarray]] | None = None,
+                  shared_cores: bool = False) -> InferenceRuntime:  # fmt: skip
+    """Build one runtime by name (``shared_cores``: its threads share their cores with other workers').
+    Raises ValueError for a runtime this machine cannot run."""
+    runtime = _build(name, stored, threads, calibration, shared_cores)
     runtime.classes = len(stored.classes)
     return runtime
 
 
-def _build(name: str, stored: StoredModel, threads: int,
-           calibration: Callable[[], Iterator[np.ndarray]] | None) -> InferenceRuntime:  # fmt: skip
+def _build(name: str, stored: StoredModel, threads: int, calibration: Callable[[], Iterator[np.ndarray]] | None,
+           shared_cores: bool) -> InferenceRuntime:  # fmt: skip
     if name in ("torch-bf16", "openvino-bf16") and not bf16_supported():
         raise ValueError(f"{name} needs a CPU with bf16 support")
     if name in CUDA_RUNTIMES:
@@ -208,7 +219,7 @@ def _build(name: str, stored: StoredModel, threads: int,
     if name == "torch-bf16":
         return torch_runtime(stored.model, bf16=True, threads=threads)
     if name == "onnx":
-        return onnx_runtime(stored, threads)
+        return onnx_runtime(stored, threads, spin=not shared_cores)
     if name.startswith("openvino"):
         precision = name.partition("-")[2] or "fp32"
         if precision == "int8" and calibration is None:
