@@ -130,3 +130,30 @@ def test_an_idle_batcher_waits_only_for_images_on_their_way():
     alone = asyncio.run(main())
     assert alone < 0.5
     assert sizes == [1, 2]
+
+
+def test_an_image_the_worker_has_nothing_else_beside_runs_on_infer_alone():
+    calls: list[tuple[str, int]] = []
+
+    def infer(batch):
+        calls.append(("shared", len(batch)))
+        time.sleep(0.05)
+        return batch
+
+    def infer_alone(batch):
+        calls.append(("alone", len(batch)))
+        return batch
+
+    async def main():
+        b = MicroBatcher(infer, max_batch_size=8, max_latency_ms=0, infer_alone=infer_alone)
+        await b.submit(np.zeros(1, np.float32))  # nothing else pending or coming
+        b.coming += 1  # another image is being decoded
+        await b.submit(np.zeros(1, np.float32))
+        b.coming -= 1
+        first = asyncio.ensure_future(b.submit(np.zeros(1, np.float32)))
+        await asyncio.sleep(0.01)  # running alone; two more arrive and queue behind it
+        await asyncio.gather(first, b.submit(np.ones(1, np.float32)), b.submit(np.ones(1, np.float32)))
+        await b.close()
+
+    asyncio.run(main())
+    assert calls == [("alone", 1), ("shared", 1), ("alone", 1), ("shared", 2)]

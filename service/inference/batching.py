@@ -50,10 +50,14 @@ class MicroBatcher:
         max_latency_ms: float = 1.0,
         on_batch: Callable[[int, float, float], None] | None = None,
         nice: int = 0,
+        infer_alone: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         """``infer`` maps (N, ...) to (N, ...); ``on_batch(size, queue_seconds, infer_seconds)`` observes;
-        ``nice`` > 0 lowers the scheduling priority of the inference thread (a shadow's, say)."""
+        ``nice`` > 0 lowers the scheduling priority of the inference thread (a shadow's, say);
+        ``infer_alone``, when given, runs a batch of one image while nothing else is pending or on its way
+        (the server is lightly loaded: it may use the cores that other workers' batches would)."""
         self.infer = infer
+        self.infer_alone = infer_alone
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000
         self.on_batch = on_batch
@@ -70,6 +74,8 @@ class MicroBatcher:
         """Run ``x`` (a batch) once on the inference thread itself, before any request: a runtime's per-thread
         set-up is then not paid by the first answers. Blocks; call it before serving."""
         self._executor.submit(self.infer, x).result()
+        if self.infer_alone is not None:
+            self._executor.submit(self.infer_alone, x[:1]).result()
 
     def _ensure_started(self) -> asyncio.Queue[_Item]:
         if self._queue is None or self._task is None or self._task.done():
@@ -140,12 +146,18 @@ class MicroBatcher:
                     await running  # one runtime: the next batch starts when the last one ends
             items = [i for i in items if not i.future.done()]  # cancelled by a disconnected client
             if items:
-                running = loop.run_in_executor(self._executor, self._infer_batch, items)
+                infer = self.infer_alone if self.infer_alone is not None and self._alone(items) else self.infer
+                running = loop.run_in_executor(self._executor, self._infer_batch, items, infer)
                 running.add_done_callback(lambda fut, batch=items: self._deliver(batch, fut))
 
-    def _infer_batch(self, items: list[_Item]) -> tuple[np.ndarray, float, float]:
+    def _alone(self, items: list[_Item]) -> bool:
+        """One image, and nothing else pending, decoding or being received."""
+        return len(items) == 1 and self.pending <= 1 and not (self.coming or self.also_coming())
+
+    def _infer_batch(self, items: list[_Item], infer: Callable[[np.ndarray], np.ndarray]
+                     ) -> tuple[np.ndarray, float, float]:  # fmt: skip
         started = time.perf_counter()
-        out = self.infer(np.stack([i.x for i in items]))
+        out = infer(np.stack([i.x for i in items]))
         return out, started, time.perf_counter()
 
     def _deliver(self, items: list[_Item], fut: asyncio.Future) -> None:

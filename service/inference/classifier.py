@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 class Classifier:
     """A stored model ready to serve: its transform, its runtime and what was measured choosing it.
 
-    ``lone``, when set, is the same runtime with more threads, for a batch of one image: a worker with one image
-    to run has no other work, so the server is lightly loaded and the cores other workers would use are idle.
+    ``lone``, when set, is the same runtime with more threads (:meth:`infer_alone`), for an image the worker has
+    nothing else to do beside: the server is lightly loaded, and the cores other workers would use are idle.
     """
 
     stored: StoredModel
@@ -67,8 +67,15 @@ class Classifier:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Scores (N, C) for a preprocessed float32 batch (N, C, H, W): probabilities, or sigmoids (multi-label)."""
+        return self._infer(self.runtime, batch)
+
+    def infer_alone(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`infer` on the runtime with every core (``lone``), for an image the server has nothing else to
+        do beside."""
+        return self._infer(self.lone or self.runtime, batch)
+
+    def _infer(self, runtime: InferenceRuntime, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        runtime = self.lone if self.lone is not None and len(x) == 1 else self.runtime
         if self.drift is None:
             return self.task.activate(runtime(x))
         logits, embedding = runtime.with_embedding(x)
@@ -96,6 +103,7 @@ def build_classifier(
     while size >= 1:  # every power-of-two batch size: a runtime's first batch of a new size is slow
         clf.infer(warm[:size])
         size //= 2
+    clf.infer_alone(warm[:1])
     reference = stored.drift_reference() if options.drift_sample > 0 else None
     if reference is not None:  # after the warm-up: zeros are not traffic
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
