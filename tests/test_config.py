@@ -33,7 +33,7 @@ def test_parse_override_types():
 @pytest.mark.parametrize(
     "dotted",
     [["epochs=0"], ["optim.lr=-1"], ["unknown=1"], ["data.balance=maybe"], ["optim.freeze_epochs=10", "epochs=5"],
-     ["name=Has Spaces"], ["optim.freeze_bn_stats=true"]],
+     ["name=Has Spaces"], ["optim.freeze_bn_stats=true"], ["model.name=resnet10t", "model.flip_tta=true"]],
 )  # fmt: skip
 def test_invalid_values_are_refused(dotted):
     with pytest.raises(ValidationError):

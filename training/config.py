@@ -195,6 +195,10 @@ class TrainConfig(_Section):
             raise ValueError("data.val_fraction + data.test_fraction must be below 0.8")
         if self.optim.freeze_epochs >= self.epochs and self.optim.freeze_epochs > 0:
             raise ValueError(f"optim.freeze_epochs ({self.optim.freeze_epochs}) must be below epochs ({self.epochs})")
+        scratch_only = [k for k in ("first_width", "flip_tta") if getattr(self.model, k)]
+        scratch_only += ["first_block_convs"] if self.model.first_block_convs != 2 else []
+        if self.model.name != "scratch-cnn" and scratch_only:
+            raise ValueError(f"model.{', model.'.join(scratch_only)} shape scratch-cnn only, not {self.model.name}")
         if self.optim.freeze_bn_stats and not (self.model.pretrained or self.model.weights_file):
             raise ValueError(
                 "optim.freeze_bn_stats keeps pretrained BatchNorm statistics, but the model starts from "
