@@ -116,8 +116,12 @@ def test_rollouts_promote_a_good_challenger_and_abort_bad_ones_under_load(traine
             slow_answers = [m for _, m in load.answers if m == slow]
             assert slow_answers  # the canary answered its share before the guard stopped it
 
-            # An exact copy: shadow -> canary -> champion.
-            third = roll_out(server, good, {**QUICK, "stages": ["shadow", "canary"]})
+            # An exact copy: shadow -> canary -> champion. Its latency guard allows 10 x: the same network on two
+            # shared cores under load once had a canary p99 3 x the champion's (52.9 against 17.3 ms; the wider
+            # network above was 9.3 x in that run, against the default guard of 2 x).
+            guards = {**QUICK["guards"], "max_latency_ratio": 10.0}
+            copy_plan = {**QUICK, "stages": ["shadow", "canary"], "guards": guards}
+            third = roll_out(server, good, copy_plan)
             ended = wait_ended(server, third["id"])
             assert ended["status"] == "promoted", ended["history"][-1]
             assert [s["action"] for s in ended["history"]] == ["started", "advanced", "promoted"]
