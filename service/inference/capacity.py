@@ -54,7 +54,7 @@ class Capacity:
     threads: int
     decode_threads: int
     chosen: str
-    lone_threads: int = 0  # 0: as ``threads``
+    lone_threads: int
 
     def describe(self) -> str:
         lone = f", a lone image on {self.lone_threads}" if self.lone_threads > self.threads else ""

@@ -84,13 +84,11 @@ class Classifier:
         return scores
 
 
-def build_classifier(
-    stored: StoredModel, options: InferenceOptions, threads: int | None = None, started: float | None = None
-) -> Classifier:
+def build_classifier(stored: StoredModel, options: InferenceOptions, started: float | None = None) -> Classifier:
     """Choose ``stored``'s runtime on this machine and warm it up; ``load_seconds`` counts from ``started``
     (a ``time.perf_counter()`` taken before the model was read, say), else from now."""
     start = time.perf_counter() if started is None else started
-    threads = threads or options.threads or max(1, (os.cpu_count() or 1) // options.workers)
+    threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     runtime, report = choose_runtime(stored, options, threads)
     clf = Classifier(stored, runtime, options.max_pixels, report)
     if (options.lone_threads or 0) > threads and runtime.name in OWN_THREAD_POOL:
