@@ -68,12 +68,20 @@ class Settings(BaseSettings):
     agreement_images: Path | None = Field(None, description="A folder of representative images (unlabelled) for "
                                           "checking bf16/int8 against fp32 and calibrating int8, for a model with "
                                           "no recorded split and no sample images of its own.")  # fmt: skip
-    access_log: bool = Field(True, description="Log every request (BentoML's access log).")
+    access_log: bool = Field(
+        False, description="Log every request (BentoML's access log): a line per request written from the event "
+        "loop, ~10% of a worker's Python time at concurrency 32 with the 28-px model, and a slow log reader stalls "
+        "the worker; requests are counted in the metrics either way.",
+    )  # fmt: skip
     trace_requests: bool = Field(
         False, description="OpenTelemetry spans for HTTP requests (BentoML's tracing settings say where they go); "
         "off, no span is made: a span cost ~14% of a worker's Python time per request at concurrency 32.",
     )  # fmt: skip
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: CORS off).")
+    reuse_port: bool = Field(
+        True, description="Each HTTP worker listens on its own SO_REUSEPORT socket, so the kernel spreads "
+        "connections evenly between workers (off: every worker accepts from BentoML's one shared socket).",
+    )  # fmt: skip
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC (Open Inference Protocol) port; 0: off.")
     grpc_host: str = Field("0.0.0.0", description="gRPC bind address.")
     grpc_max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest gRPC/v2 message.")
