@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service import telemetry
-from service.edge import connections, listening, route_labels
+from service.edge import connections, listening, route_labels, timeouts
 from service.edge.app import create_app
 from service.edge.classify import InFlight, classify_many, classify_one
 from service.edge.classify import model_info as describe_model
@@ -53,6 +53,7 @@ CAPACITY = settings.capacity()
 log.info("serving with %s", CAPACITY.describe())
 connections.install(connections.ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes,
                                                  settings.max_connections))  # fmt: skip
+timeouts.install()
 if settings.reuse_port:
     listening.install()
 IN_FLIGHT = InFlight(settings.max_concurrency)  # one per worker process: the routes and the API methods share it
