@@ -30,6 +30,7 @@ from service.edge.app import create_app
 from service.edge.classify import InFlight, classify_many, classify_one
 from service.edge.classify import model_info as describe_model
 from service.edge.errors import error_body, http_status
+from service.edge.lane import ClassifyLane
 from service.edge.limits import BodyGuard, BodyLimits
 from service.edge.schemas import ClassifyBatchResponse, ClassifyResponse, ModelInfo
 from service.errors import ServiceError
@@ -170,3 +171,6 @@ ImageClassifier.add_asgi_middleware(
     limits=BodyLimits(settings.max_upload_bytes, settings.max_request_bytes, settings.body_timeout_seconds),
     arriving=lambda: _worker().path.arriving(),
 )
+# Then POST /classify is answered without the router and FastAPI's per-request machinery (service.edge.lane).
+ImageClassifier.add_asgi_middleware(ClassifyLane, get_path=lambda: _worker().path, in_flight=IN_FLIGHT,
+                                    upload=settings.max_upload_bytes)  # fmt: skip

@@ -111,6 +111,20 @@ def trained_model(shared_folder_dataset, tmp_path_factory):
     return result.tag, result
 
 
+def loaded_worker(trained_model):
+    """Settings for serving ``trained_model`` in-process (torch, small limits) and its worker, model loaded."""
+    from service.serving import build_worker
+    from service.settings import Settings
+
+    tag, _ = trained_model
+    settings = Settings(model_name=tag.split(":")[0], model_tag=tag, runtime="torch", max_batch_size=8,
+                        max_latency_ms=5, max_upload_bytes=200_000, max_pixels=4_000_000,
+                        max_batch_images=4)  # fmt: skip
+    worker = build_worker(settings)
+    worker.follower.load()
+    return settings, worker
+
+
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     import io
 

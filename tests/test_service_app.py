@@ -4,7 +4,7 @@ import base64
 import io
 
 import pytest
-from conftest import COLOURS, colour_image, encode
+from conftest import COLOURS, colour_image, encode, loaded_worker
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -15,12 +15,7 @@ from service.settings import Settings
 
 @pytest.fixture(scope="module")
 def client(trained_model):
-    tag, _ = trained_model
-    settings = Settings(model_name=tag.split(":")[0], model_tag=tag, runtime="torch", max_batch_size=8,
-                        max_latency_ms=5, max_upload_bytes=200_000, max_pixels=4_000_000,
-                        max_batch_images=4)  # fmt: skip
-    worker = build_worker(settings)
-    worker.follower.load()
+    settings, worker = loaded_worker(trained_model)
     with TestClient(create_app(settings, lambda: worker.path)) as c:
         yield c
 

@@ -36,17 +36,18 @@ ERROR_RESPONSES = error_responses(HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENT
 _BINARY = {"type": "string", "format": "binary"}
 
 
+TOP_K_MAX, LEVEL_MAX = 1000, 100
 _TOP_K = Query(
     None,
     ge=1,
-    le=1000,
+    le=TOP_K_MAX,
     description="How many classes to return (default 5, capped at the class count; "
     "multi-label models return every label above its threshold unless top_k is given).",
 )
 _LEVEL = Query(
     None,
     ge=1,
-    le=100,
+    le=LEVEL_MAX,
     description="Hierarchical models: answer with the nodes of this tree level (1 = the top) instead of the leaves.",
 )
 
@@ -58,6 +59,19 @@ def _multipart_body(field: str, many: bool) -> dict:
     if not many:
         content["image/*"] = {"schema": _BINARY}
     return {"requestBody": {"required": True, "content": content}}
+
+
+async def classify_request(request: Request, path: ClassifyPath, in_flight: InFlight, upload: int,
+                           top_k: int | None, level: int | None) -> ClassifyResponse:  # fmt: skip
+    """``POST /classify``: the image (raw body or form field), under the worker's in-flight limit. The route
+    and the lane (:mod:`service.edge.lane`) both answer with it."""
+
+    async def run() -> ClassifyResponse:
+        data, form_top_k = await single_image(request, upload)
+        query = ClassifyQuery(top_k if top_k is not None else form_top_k, level)
+        return await classify_one(path, data, query, "/classify")
+
+    return await in_flight.run(path, run)
 
 
 def create_app(settings: Settings, get_path: Callable[[], ClassifyPath], get_ops: Callable[[], Any] | None = None,
@@ -79,13 +93,7 @@ def create_app(settings: Settings, get_path: Callable[[], ClassifyPath], get_ops
               response_model_exclude_unset=True, openapi_extra=_multipart_body("image", many=False),
               summary="Classify one image")  # fmt: skip
     async def classify(request: Request, top_k: int | None = _TOP_K, level: int | None = _LEVEL) -> ClassifyResponse:
-        async def run() -> ClassifyResponse:
-            data, form_top_k = await single_image(request, upload)
-            query = ClassifyQuery(top_k if top_k is not None else form_top_k, level)
-            return await classify_one(path, data, query, "/classify")
-
-        path = get_path()
-        return await in_flight.run(path, run)
+        return await classify_request(request, get_path(), in_flight, upload, top_k, level)
 
     @app.post("/classify_batch", response_model=ClassifyBatchResponse, responses=ERROR_RESPONSES,
               response_model_exclude_unset=True,

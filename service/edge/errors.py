@@ -44,17 +44,22 @@ def route_of(request: Request) -> str:
     return route.path if route is not None else "other"
 
 
+def error_response(exc: errors.ServiceError, route: str) -> JSONResponse:
+    """``exc`` answered in the documented shape, counted once under ``route``."""
+    telemetry.REJECTED.labels(route, exc.reason).inc()
+    status = http_status(exc)
+    headers = {}
+    if status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
+        headers["Retry-After"] = "1"
+    if status == HTTPStatus.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(exc), status_code=int(status), headers=headers or None)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ServiceError)
     async def service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
-        telemetry.REJECTED.labels(route_of(request), exc.reason).inc()
-        status = http_status(exc)
-        headers = {}
-        if status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
-            headers["Retry-After"] = "1"
-        if status == HTTPStatus.UNAUTHORIZED:
-            headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(error_body(exc), status_code=int(status), headers=headers or None)
+        return error_response(exc, route_of(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
