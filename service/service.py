@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from service import telemetry
 from service.edge import connections, listening, route_labels, timeouts
-from service.edge.app import create_app
+from service.edge.app import LEVEL_MAX, TOP_K_MAX, create_app
 from service.edge.classify import InFlight, classify_many, classify_one
 from service.edge.classify import model_info as describe_model
 from service.edge.errors import error_body, http_status
@@ -58,8 +58,8 @@ timeouts.install()
 if settings.reuse_port:
     listening.install()
 IN_FLIGHT = InFlight(settings.max_concurrency)  # one per worker process: the routes and the API methods share it
-TopK = Annotated[int | None, Field(None, ge=1, le=1000, description="How many classes to return (default 5).")]
-Level = Annotated[int | None, Field(None, ge=1, le=100, description="Hierarchical models: the tree level.")]
+TopK = Annotated[int | None, Field(None, ge=1, le=TOP_K_MAX, description="How many classes to return (default 5).")]
+Level = Annotated[int | None, Field(None, ge=1, le=LEVEL_MAX, description="Hierarchical models: the tree level.")]
 
 
 def _worker() -> Worker:
