@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -108,7 +108,8 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
     Transparency is composited onto white; 16- and 32-bit grayscale is rescaled, not clipped.
     """
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose would copy an upright image
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8), mode="L")
