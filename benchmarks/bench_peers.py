@@ -9,14 +9,15 @@ written as its own documentation teaches (``benchmarks/peers/``) and run from a 
 (``.venv-peers``: the framework, onnxruntime, Pillow and numpy, at this venv's versions; made on first use).
 This service runs with its defaults (workers from the cores), on ``onnx`` and on its own choice (``auto``).
 Every server is driven by the same ``wrk`` (one thread) posting real photos as JPEGs (quality 90), one server
-at a time on an otherwise idle machine: a warm-up, then each concurrency for ``--seconds``.
+at a time on an otherwise idle machine: a warm-up, then each concurrency for ``--seconds``. Last, for each photo
+and each runtime this service ran, the in-process ceiling (``harness/ceiling.py``: one process a core decoding,
+preprocessing and inferring that photo with no HTTP), and this service's HTTP throughput over it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
-import io
 import json
 import os
 import shutil
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_serve import Load, measure  # noqa: E402
 
+from harness.ceiling import in_process, photos  # noqa: E402
 from harness.server import Server, free_port, tree_cpu_seconds, wait_ready  # noqa: E402
 from service.inference.runtimes import export_onnx  # noqa: E402
 from service.serving import resolve_tag  # noqa: E402
@@ -61,19 +62,6 @@ class Contender:
     runtime: str
     start: Callable[[Load], Server | PeerServer]  # given a request to probe readiness with
     load: Callable[[bytes], Load]  # a photo -> the request this server is sent
-
-
-def photos(sizes: list[str]) -> dict[str, bytes]:
-    """scikit-image's astronaut photo at each ``WxH``, as a JPEG of quality 90."""
-    from skimage import data
-
-    out = {}
-    for size in sizes:
-        w, h = (int(v) for v in size.split("x"))
-        buf = io.BytesIO()
-        Image.fromarray(data.astronaut()).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=90)
-        out[size] = buf.getvalue()
-    return out
 
 
 def peers_python() -> Path:
@@ -181,6 +169,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--wait-ms", type=float, default=10)
     p.add_argument("--only", nargs="*", help="run only these contenders (name substrings)")
+    p.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=5,
+        help="the in-process ceiling's seconds a batch size, for each runtime this service ran (0: none)",
+    )
     args = p.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench_peers needs wrk (Debian's package; make bench-peers installs it)")
@@ -191,11 +185,16 @@ def main() -> None:
     print(f"== {tag} on {cpu_description()} ({os.cpu_count()} cores); photos {', '.join(args.photos)} as JPEG q90; "
           f"{args.seconds:.0f} s a point; logs in {work} ==")  # fmt: skip
     results: list[tuple[Contender, str, int, dict]] = []
+    ran: set[str] = set()  # the runtimes this service ran ("auto" resolved), for the ceilings
     for who in contenders(tag, model_dir, work, args.threads, args.batch, args.wait_ms):
         if args.only and not any(o.lower() in f"{who.name} {who.runtime}".lower() for o in args.only):
             continue
         first = next(iter(images.values()))
         server = who.start(who.load(first))
+        chosen = who.runtime
+        if who.name == "this service":
+            chosen = httpx.get(server.base + "/model", timeout=10).json()["runtime"]["chosen"]
+            ran.add(chosen)
         try:
             for size, photo in images.items():
                 load = who.load(photo)
@@ -204,16 +203,23 @@ def main() -> None:
                     cpu = tree_cpu_seconds(server.proc.pid)
                     r = measure(server.base, load, c, args.seconds, warmup=False)
                     r["cpu_ms"] = (tree_cpu_seconds(server.proc.pid) - cpu) * 1000 / max(r["requests"], 1)
+                    r["runtime_chosen"] = chosen
                     results.append((who, size, c, r))
                     print(f"  {who.name:<16} {who.runtime:<5} {size:>9} c={c:<3} {r['img_per_s']:7.1f} req/s  "
                           f"p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f} ms  CPU {r['cpu_ms']:5.1f} ms/req  "
                           f"errors {r['errors']}", flush=True)  # fmt: skip
         finally:
             server.stop()
-    print_table(results, args.concurrency, list(images))
+    ceilings = {}  # (photo size, runtime) -> images/s decoding, preprocessing and inferring in-process
+    for size, photo in images.items():
+        for runtime in sorted(ran) if args.ceiling_seconds else []:
+            ceilings[(size, runtime)] = in_process(tag, runtime, [photo], args.batch, args.ceiling_seconds)
+            print(f"  in-process ceiling {runtime:<8} {size:>9} {ceilings[(size, runtime)]:7.1f} img/s", flush=True)
+    print_table(results, args.concurrency, list(images), ceilings)
 
 
-def print_table(results: list, concurrency: list[int], sizes: list[str]) -> None:
+def print_table(results: list, concurrency: list[int], sizes: list[str], ceilings: dict[tuple[str, str], float]
+                ) -> None:  # fmt: skip
     for size in sizes:
         print(f"\n{size} photo: requests/s (p99 ms) [server CPU ms a request]\n")
         print("| server | runtime | " + " | ".join(f"c={c}" for c in concurrency) + " |")
@@ -239,6 +245,14 @@ def print_table(results: list, concurrency: list[int], sizes: list[str]) -> None
             if "auto" in ours:
                 parts.append(f"own choice {ours['auto']['img_per_s'] / best['img_per_s']:.2f}x (target 1.5x)")
             print(f"c={c}: " + "; ".join(parts))
+        for (name, runtime), by_c in rows.items():
+            chosen = by_c[max(by_c)].get("runtime_chosen", runtime)
+            if name == "this service" and (size, chosen) in ceilings:
+                ratios = ", ".join(f"c={c} {by_c[c]['img_per_s'] / ceilings[(size, chosen)]:.2f}" for c in by_c)
+                print(
+                    f"this service on {runtime} ({chosen}): HTTP / in-process ceiling "
+                    f"({ceilings[(size, chosen)]:.1f} img/s) {ratios} (target 0.9 at c=32)"
+                )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,19 @@ def sample_images(channels: int, size: int, n: int = 64) -> list[bytes]:
     return out
 
 
+def photos(sizes: list[str]) -> dict[str, bytes]:
+    """scikit-image's astronaut photo at each ``WxH``, as a JPEG of quality 90."""
+    from skimage import data  # a real photo, shipped with scikit-image
+
+    out = {}
+    for size in sizes:
+        w, h = (int(v) for v in size.split("x"))
+        buf = io.BytesIO()
+        Image.fromarray(data.astronaut()).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=90)
+        out[size] = buf.getvalue()
+    return out
+
+
 CEILING_BATCHES = (4, 8, 16, 32)
 
 
