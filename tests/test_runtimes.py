@@ -114,6 +114,38 @@ def mirrored_model(shared_folder_dataset, tmp_path_factory) -> str:
     return train(cfg).tag
 
 
+@pytest.fixture(scope="module")
+def same_padded_model(shared_folder_dataset, tmp_path_factory) -> str:
+    """A TF-ported timm network ("same" padding: an explicit Pad before each strided convolution), trained briefly."""
+    from training import load_config, train
+
+    cfg = load_config(dotted=[f"data.source={shared_folder_dataset}", f"output_dir={tmp_path_factory.mktemp('runs')}",
+                              "name=colours-same-padded", "model.name=tf_mobilenetv3_small_minimal_100", "epochs=1",
+                              "batch_size=8", "data.workers=0", "data.val_fraction=0.2", "data.test_fraction=0.25",
+                              "model.img_size=32"])  # fmt: skip
+    return train(cfg).tag
+
+
+def openvino_pads(tag: str) -> tuple[int, int]:
+    """Pad operations in the exported IR, and in what OpenVINO's CPU plugin runs of it."""
+    import openvino as ov
+
+    from service.inference.runtimes import export_openvino, read_openvino
+
+    stored = load_model(tag)
+    core, xml = ov.Core(), export_openvino(stored)
+    exported = [op.get_type_name() for op in core.read_model(str(xml)).get_ops()]
+    compiled = core.compile_model(read_openvino(core, xml, stored.input_shape), "CPU")
+    ran = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()]
+    return exported.count("Pad"), ran.count("Pad")
+
+
+def test_same_padding_folds_into_the_convolutions_on_openvino(same_padded_model):
+    exported, ran = in_child(openvino_pads, same_padded_model)
+    assert exported > 0 and ran == 0
+    assert in_child(fp32_max_difference, same_padded_model, "openvino") < 1e-4
+
+
 def test_the_recorded_splits_are_read_back_as_batches(trained_model):
     tag = trained_model[0]
     record = load_model(tag).split()

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from torch import nn
 from training._env import bentoml_home
 from training.models import WithEmbedding
 from training.stored import StoredModel
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +167,18 @@ def export_openvino(stored: StoredModel, calibration: Callable[[], Iterator[np.n
     return out
 
 
+def read_openvino(core: ov.Core, xml: Path, input_shape: tuple[int, ...]) -> ov.Model:
+    """The IR with the model's image shape fixed and the batch left free. Exported, it takes any shape; fixed
+    sides make the "same" padding of TF-ported networks (an explicit Pad before each strided convolution in
+    EfficientNet-Lite) constant, so it folds into the convolutions instead of copying every feature map
+    (EfficientNet-Lite0: ~15% of its time, batch 16)."""
+    import openvino as ov
+
+    model = core.read_model(str(xml))
+    model.reshape(ov.PartialShape([-1, *input_shape]))
+    return model
+
+
 def openvino_runtime(stored: StoredModel, precision: str, threads: int,
                      calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> InferenceRuntime:  # fmt: skip
     import openvino as ov
@@ -175,7 +191,7 @@ def openvino_runtime(stored: StoredModel, precision: str, threads: int,
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
     }
-    compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+    compiled = core.compile_model(read_openvino(core, xml, stored.input_shape), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
