@@ -126,13 +126,21 @@ def same_padded_model(shared_folder_dataset, tmp_path_factory) -> str:
     return train(cfg).tag
 
 
-def openvino_pads(tag: str) -> tuple[int, int]:
-    """Pad operations in the exported IR, and in what OpenVINO's CPU plugin runs of it."""
+def pads_before_and_after(tag: str, name: str, work: str) -> tuple[int, int]:
+    """Pad operations in the exported graph, and in what the runtime runs of it after its own optimisation."""
+    import onnx
+    import onnxruntime as ort
     import openvino as ov
 
-    from service.inference.runtimes import export_openvino, read_openvino
+    from service.inference.runtimes import export_onnx, export_openvino, read_openvino
 
     stored = load_model(tag)
+    if name == "onnx":
+        path, optimized = export_onnx(stored), f"{work}/optimized.onnx"
+        opts = ort.SessionOptions()  # every graph optimisation, as the service's sessions
+        opts.optimized_model_filepath = optimized
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return tuple([n.op_type for n in onnx.load(p).graph.node].count("Pad") for p in (str(path), optimized))
     core, xml = ov.Core(), export_openvino(stored)
     exported = [op.get_type_name() for op in core.read_model(str(xml)).get_ops()]
     compiled = core.compile_model(read_openvino(core, xml, stored.input_shape), "CPU")
@@ -140,10 +148,11 @@ def openvino_pads(tag: str) -> tuple[int, int]:
     return exported.count("Pad"), ran.count("Pad")
 
 
-def test_same_padding_folds_into_the_convolutions_on_openvino(same_padded_model):
-    exported, ran = in_child(openvino_pads, same_padded_model)
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_same_padding_folds_into_the_convolutions(same_padded_model, name, tmp_path):
+    exported, ran = in_child(pads_before_and_after, same_padded_model, name, str(tmp_path))
     assert exported > 0 and ran == 0
-    assert in_child(fp32_max_difference, same_padded_model, "openvino") < 1e-4
+    assert in_child(fp32_max_difference, same_padded_model, name) < 1e-4
 
 
 def test_the_recorded_splits_are_read_back_as_batches(trained_model):

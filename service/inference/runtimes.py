@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from training._env import bentoml_home
 from training.models import WithEmbedding
@@ -113,16 +115,64 @@ def cuda_runtime(model: nn.Module, name: str) -> InferenceRuntime:
 
 
 # ---------------------------------------------------------------- ONNX Runtime
+def with_static_padding(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """``model``, or a copy whose TF-style "same" convolutions (timm's ``Conv2dSame``) pad by amounts fixed for
+    ``input_shape``. Traced, ``Conv2dSame`` computes its padding from the input's size (Shape, Gather, Ceil, ...,
+    Pad), which ONNX Runtime cannot fold with a free batch: it ran the Pads and the layout reorders around them,
+    30% of EfficientNet-Lite0's time. Constant pads fold into the convolutions. The same weights and answers."""
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    if not any(isinstance(m, Conv2dSame) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model).eval()
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+
+    def record(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        sizes[conv] = tuple(args[0].shape[-2:])
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Conv2dSame)]
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for hook in hooks:
+        hook.remove()
+    for conv, (h, w) in sizes.items():
+        pad_h, pad_w = (get_same_padding(n, k, s, d) for n, k, s, d in
+                        zip((h, w), conv.kernel_size, conv.stride, conv.dilation, strict=True))  # fmt: skip
+        conv.forward = functools.partial(_padded_conv, conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2,
+                                                              pad_h - pad_h // 2))  # fmt: skip
+    return model
+
+
+def _padded_conv(conv: nn.Conv2d, pads: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+def _drop_empty_trailing_inputs(path: Path) -> None:
+    """Omit the optional inputs the exporter writes as empty names (the same graph in ONNX's semantics): ONNX
+    Runtime fuses a Pad into the next convolution only when its optional ``constant_value`` is a constant or
+    absent, and torch writes it as ``""``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        while node.input and node.input[-1] == "":
+            del node.input[-1]
+    onnx.save(model, str(path))
+
+
 def export_onnx(stored: StoredModel) -> Path:
-    out = export_dir(stored) / "network.onnx"
+    out = export_dir(stored) / "network-v2.onnx"  # v2: static "same" padding (``with_static_padding``)
     with locked(out.parent):
         if not out.is_file():
             tmp = out.with_suffix(".tmp.onnx")
+            model = with_static_padding(stored.model, stored.input_shape)
             torch.onnx.export(
-                WithEmbedding(stored.model).eval(), (_example(stored),), str(tmp), input_names=["input"],
+                WithEmbedding(model).eval(), (_example(stored),), str(tmp), input_names=["input"],
                 output_names=["outputs"], dynamic_axes={"input": {0: "batch"}, "outputs": {0: "batch"}},
                 opset_version=17, dynamo=False,
             )  # fmt: skip
+            _drop_empty_trailing_inputs(tmp)
             tmp.replace(out)
     return out
 
