@@ -185,16 +185,14 @@ def main() -> None:
     print(f"== {tag} on {cpu_description()} ({os.cpu_count()} cores); photos {', '.join(args.photos)} as JPEG q90; "
           f"{args.seconds:.0f} s a point; logs in {work} ==")  # fmt: skip
     results: list[tuple[Contender, str, int, dict]] = []
-    ran: set[str] = set()  # the runtimes this service ran ("auto" resolved), for the ceilings
+    chose: dict[str, str] = {}  # this service's runtime setting -> the runtime it ran ("auto" resolved)
     for who in contenders(tag, model_dir, work, args.threads, args.batch, args.wait_ms):
         if args.only and not any(o.lower() in f"{who.name} {who.runtime}".lower() for o in args.only):
             continue
         first = next(iter(images.values()))
         server = who.start(who.load(first))
-        chosen = who.runtime
         if who.name == "this service":
-            chosen = httpx.get(server.base + "/model", timeout=10).json()["runtime"]["chosen"]
-            ran.add(chosen)
+            chose[who.runtime] = httpx.get(server.base + "/model", timeout=10).json()["runtime"]["chosen"]
         try:
             for size, photo in images.items():
                 load = who.load(photo)
@@ -203,7 +201,6 @@ def main() -> None:
                     cpu = tree_cpu_seconds(server.proc.pid)
                     r = measure(server.base, load, c, args.seconds, warmup=False)
                     r["cpu_ms"] = (tree_cpu_seconds(server.proc.pid) - cpu) * 1000 / max(r["requests"], 1)
-                    r["runtime_chosen"] = chosen
                     results.append((who, size, c, r))
                     print(f"  {who.name:<16} {who.runtime:<5} {size:>9} c={c:<3} {r['img_per_s']:7.1f} req/s  "
                           f"p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f} ms  CPU {r['cpu_ms']:5.1f} ms/req  "
@@ -212,14 +209,14 @@ def main() -> None:
             server.stop()
     ceilings = {}  # (photo size, runtime) -> images/s decoding, preprocessing and inferring in-process
     for size, photo in images.items():
-        for runtime in sorted(ran) if args.ceiling_seconds else []:
+        for runtime in sorted(set(chose.values())) if args.ceiling_seconds else []:
             ceilings[(size, runtime)] = in_process(tag, runtime, [photo], args.batch, args.ceiling_seconds)
             print(f"  in-process ceiling {runtime:<8} {size:>9} {ceilings[(size, runtime)]:7.1f} img/s", flush=True)
-    print_table(results, args.concurrency, list(images), ceilings)
+    print_table(results, args.concurrency, list(images), chose, ceilings)
 
 
-def print_table(results: list, concurrency: list[int], sizes: list[str], ceilings: dict[tuple[str, str], float]
-                ) -> None:  # fmt: skip
+def print_table(results: list, concurrency: list[int], sizes: list[str], chose: dict[str, str],
+                ceilings: dict[tuple[str, str], float]) -> None:  # fmt: skip
     for size in sizes:
         print(f"\n{size} photo: requests/s (p99 ms) [server CPU ms a request]\n")
         print("| server | runtime | " + " | ".join(f"c={c}" for c in concurrency) + " |")
@@ -246,7 +243,7 @@ def print_table(results: list, concurrency: list[int], sizes: list[str], ceiling
                 parts.append(f"own choice {ours['auto']['img_per_s'] / best['img_per_s']:.2f}x (target 1.5x)")
             print(f"c={c}: " + "; ".join(parts))
         for (name, runtime), by_c in rows.items():
-            chosen = by_c[max(by_c)].get("runtime_chosen", runtime)
+            chosen = chose.get(runtime, runtime)
             if name == "this service" and (size, chosen) in ceilings:
                 ratios = ", ".join(f"c={c} {by_c[c]['img_per_s'] / ceilings[(size, chosen)]:.2f}" for c in by_c)
                 print(
