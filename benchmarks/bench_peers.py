@@ -196,10 +196,10 @@ def main() -> None:
         first = next(iter(images.values()))
         server = who.start(who.load(first))
         ours = who.name == "this service"
-        if ours:
-            chose[who.runtime] = httpx.get(server.base + "/model", timeout=10).json()["runtime"]["chosen"]
-            ceiling(tag, chose[who.runtime], images, args, ceilings, who.runtime)  # the server idle meanwhile
         try:
+            if ours:
+                chose[who.runtime] = httpx.get(server.base + "/model", timeout=10).json()["runtime"]["chosen"]
+                ceiling(tag, chose[who.runtime], images, args, ceilings, who.runtime)  # the server idle meanwhile
             for size, photo in images.items():
                 load = who.load(photo)
                 measure(server.base, load, 1, 5)  # warm-up at this size
