@@ -190,6 +190,11 @@ def main() -> None:
     # (photo size, runtime setting) -> the in-process ceilings of the runtime it ran, measured with its server up
     # but idle before the load and again after it (the machine's speed drifts: the ratio compares like with like)
     ceilings: dict[tuple[str, str], list[float]] = {}
+
+    def bracket(setting: str) -> None:  # one of the two ceilings around the load of this service on ``setting``
+        for size, rate in ceiling(tag, chose[setting], images, args.batch, args.ceiling_seconds).items():
+            ceilings.setdefault((size, setting), []).append(rate)
+
     for who in contenders(tag, model_dir, work, args.threads, args.batch, args.wait_ms):
         if args.only and not any(o.lower() in f"{who.name} {who.runtime}".lower() for o in args.only):
             continue
@@ -199,7 +204,7 @@ def main() -> None:
         try:
             if ours:
                 chose[who.runtime] = httpx.get(server.base + "/model", timeout=10).json()["runtime"]["chosen"]
-                ceiling(tag, chose[who.runtime], images, args, ceilings, who.runtime)  # the server idle meanwhile
+                bracket(who.runtime)  # the server idle meanwhile
             for size, photo in images.items():
                 load = who.load(photo)
                 measure(server.base, load, 1, 5)  # warm-up at this size
@@ -214,18 +219,18 @@ def main() -> None:
         finally:
             server.stop()
         if ours:
-            ceiling(tag, chose[who.runtime], images, args, ceilings, who.runtime)
+            bracket(who.runtime)
     print_table(results, args.concurrency, list(images), chose, ceilings)
 
 
-def ceiling(tag: str, runtime: str, images: dict[str, bytes], args: argparse.Namespace,
-            ceilings: dict[tuple[str, str], list[float]], setting: str) -> None:  # fmt: skip
-    """The in-process ceiling of ``runtime`` (images/s decoding, preprocessing and inferring each photo, no HTTP),
-    added to ``ceilings`` under this service's runtime ``setting`` that ran it (none with --ceiling-seconds 0)."""
-    for size, photo in images.items() if args.ceiling_seconds else ():
-        rate = in_process(tag, runtime, [photo], args.batch, args.ceiling_seconds)
-        ceilings.setdefault((size, setting), []).append(rate)
-        print(f"  in-process ceiling {runtime:<8} {size:>9} {rate:7.1f} img/s", flush=True)
+def ceiling(tag: str, runtime: str, images: dict[str, bytes], batch: int, seconds: float) -> dict[str, float]:
+    """Photo size -> the in-process ceiling of ``runtime`` (images/s decoding, preprocessing and inferring that
+    photo, no HTTP); none when ``seconds`` is 0."""
+    rates = {}
+    for size, photo in images.items() if seconds else ():
+        rates[size] = in_process(tag, runtime, [photo], batch, seconds)
+        print(f"  in-process ceiling {runtime:<8} {size:>9} {rates[size]:7.1f} img/s", flush=True)
+    return rates
 
 
 def print_table(results: list, concurrency: list[int], sizes: list[str], chose: dict[str, str],
