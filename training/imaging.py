@@ -41,8 +41,13 @@ def _accepted() -> str:
     return ", ".join(SUPPORTED_FORMATS)
 
 
-def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
     """Open and fully decode the first frame of an image, checking format and size first.
+
+    ``draft_size``: a JPEG at least twice that size on its short side is decoded at a power-of-two reduction
+    that keeps both sides at least ``draft_size`` (libjpeg's scaled decoding: several times faster).
 
     Raises:
         ImageError: reason ``empty``, ``not_an_image``, ``unsupported_format``, ``too_many_pixels``,
@@ -78,6 +83,8 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     _check_structure(img, fmt, source if isinstance(source, bytes | bytearray | memoryview) else None)
     try:
         img.seek(0)
+        if draft_size is not None and fmt == "JPEG" and (scale := min(width, height) / draft_size) >= 2:
+            img.draft(img.mode, (int(width / scale), int(height / scale)))
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError("truncated", f"the image data is truncated or corrupt ({exc})") from None
@@ -135,21 +142,4 @@ def decode_image(
     ``draft_size`` lets JPEG decoding downscale by a power of two while keeping both sides at
     least that large: several times faster for big photos, and invisible after the resize.
     """
-    img = open_image(source, max_pixels) if draft_size is None else _open_draft(source, max_pixels, draft_size)
-    return to_mode(img, channels)
-
-
-def _open_draft(source: bytes | str | Path, max_pixels: int, draft_size: int) -> Image.Image:
-    fp = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) and source else source
-    try:
-        img = Image.open(fp)
-        if img.format == "JPEG" and img.width * img.height <= max_pixels:
-            _check_structure(img, "JPEG", source if isinstance(source, bytes | bytearray | memoryview) else None)
-            scale = min(img.width, img.height) / draft_size
-            if scale >= 2:
-                img.draft(img.mode, (int(img.width / scale), int(img.height / scale)))
-            img.load()
-            return img
-    except Exception:  # noqa: BLE001 - any failure falls back to the checked path below
-        pass
-    return open_image(source, max_pixels)
+    return to_mode(open_image(source, max_pixels, draft_size), channels)
