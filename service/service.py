@@ -23,14 +23,15 @@ configure_environment()
 import bentoml
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp
 
 from service import telemetry
-from service.edge import connections, listening, route_labels, timeouts
+from service.edge import connections, listening, route_labels, timeouts, traffic
 from service.edge.app import LEVEL_MAX, TOP_K_MAX, create_app
 from service.edge.classify import InFlight, classify_many, classify_one
 from service.edge.classify import model_info as describe_model
 from service.edge.errors import error_body, http_status
-from service.edge.lane import ClassifyLane
+from service.edge.lane import ClassifyLane, FrontLane
 from service.edge.limits import BodyGuard, BodyLimits
 from service.edge.schemas import ClassifyBatchResponse, ClassifyResponse, ModelInfo
 from service.errors import ServiceError
@@ -52,12 +53,13 @@ logging.getLogger("service.edge.connections").setLevel(logging.WARNING)
 settings = get_settings()
 CAPACITY = settings.capacity()
 log.info("serving with %s", CAPACITY.describe())
-connections.install(connections.ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes,
-                                                 settings.max_connections))  # fmt: skip
 timeouts.install()
+traffic.install()
 if settings.reuse_port:
     listening.install()
 IN_FLIGHT = InFlight(settings.max_concurrency)  # one per worker process: the routes and the API methods share it
+REQUEST_TIMEOUT = 60  # seconds for a response to start (BentoML's traffic timeout: 504 after it)
+BODY_LIMITS = BodyLimits(settings.max_upload_bytes, settings.max_request_bytes, settings.body_timeout_seconds)
 TopK = Annotated[int | None, Field(None, ge=1, le=TOP_K_MAX, description="How many classes to return (default 5).")]
 Level = Annotated[int | None, Field(None, ge=1, le=LEVEL_MAX, description="Hierarchical models: the tree level.")]
 
@@ -74,6 +76,23 @@ app = create_app(settings, lambda: _worker().path, _ops, IN_FLIGHT)
 route_labels.install(route_labels.route_labeller(app.routes, fixed=("/livez", "/readyz", "/metrics")))
 
 
+def _classify_lane(app: ASGIApp) -> ClassifyLane:
+    return ClassifyLane(app, get_path=lambda: _worker().path, in_flight=IN_FLIGHT, upload=settings.max_upload_bytes)
+
+
+def _front(app: ASGIApp) -> FrontLane:
+    """POST /classify answered ahead of uvicorn's and BentoML's middlewares (see service.edge.lane)."""
+    guarded = BodyGuard(_classify_lane(app), BODY_LIMITS, arriving=lambda: _worker().path.arriving())
+    return FrontLane(app, guarded, series=lambda: traffic.series("/classify"), timeout=REQUEST_TIMEOUT)
+
+
+# The front lane skips the access log, tracing and CORS middlewares: with any of them on, it stays out of the way.
+connections.install(
+    connections.ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes, settings.max_connections),
+    front=None if settings.access_log or settings.trace_requests or settings.cors_origins else _front,
+)
+
+
 async def _answer(route: str, call: Awaitable[BaseModel]) -> JSONResponse:
     """An API method's answer (fields without a value left out, as BentoML's clients expect), or its error in
     the HTTP routes' status and ``{"error", "reason"}`` body."""
@@ -88,7 +107,7 @@ async def _answer(route: str, call: Awaitable[BaseModel]) -> JSONResponse:
 @bentoml.service(
     name="imgclf",
     workers=CAPACITY.workers,
-    traffic={"timeout": 60},
+    traffic={"timeout": REQUEST_TIMEOUT},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     logging={"access": {"enabled": settings.access_log, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
     tracing={} if settings.trace_requests else {"excluded_urls": ".*"},
@@ -166,11 +185,7 @@ class ImageClassifier:
 
 
 # Every route's body is read under its size and time limits before anything else sees it (the API methods too).
-ImageClassifier.add_asgi_middleware(
-    BodyGuard,
-    limits=BodyLimits(settings.max_upload_bytes, settings.max_request_bytes, settings.body_timeout_seconds),
-    arriving=lambda: _worker().path.arriving(),
-)
-# Then POST /classify is answered without the router and FastAPI's per-request machinery (service.edge.lane).
-ImageClassifier.add_asgi_middleware(ClassifyLane, get_path=lambda: _worker().path, in_flight=IN_FLIGHT,
-                                    upload=settings.max_upload_bytes)  # fmt: skip
+ImageClassifier.add_asgi_middleware(BodyGuard, limits=BODY_LIMITS, arriving=lambda: _worker().path.arriving())
+# Then POST /classify is answered without the router and FastAPI's per-request machinery (service.edge.lane): the
+# requests the front lane did not take.
+ImageClassifier.add_asgi_middleware(_classify_lane)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,6 +104,39 @@ def test_custom_metrics_after_traffic(server):
                    "imgclf_model_load_seconds", "imgclf_low_confidence_predictions_total"):  # fmt: skip
         assert series in text, series
     assert 'reason="not_an_image"' in text
+
+
+def _classify_series(base: str) -> dict[str, float]:
+    """BentoML's ``/classify`` request series now: requests by status, plus ``in_progress`` and ``seconds_count``."""
+    import re
+
+    out: dict[str, float] = {}
+    text = httpx.get(base + "/metrics").text
+    for name, labels, value in re.findall(r"^bentoml_service_(request_\w+)\{([^}]*)\} (\S+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if found.get("endpoint") != "/classify":
+            continue
+        key = {"request_total": found.get("http_response_code"), "request_in_progress": "in_progress",
+               "request_duration_seconds_count": "seconds_count"}.get(name)  # fmt: skip
+        if key is not None:
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def test_request_series_count_every_classify_answer(server):
+    """The dashboards' series count POST /classify by status, whichever lane answered it (the front lane, ahead of
+    BentoML's metrics middleware, answers most), and nothing is left in progress."""
+    before = _classify_series(server)
+    image = encode(colour_image(COLOURS["red"], 32, seed=5))
+    sent = [(image, {})] * 4 + [(b"nope", {}), (image, {"top_k": 0})]  # the last: only the route validates it
+    answered = Counter(str(httpx.post(server + "/classify", content=body, params=params,
+                                      headers={"Content-Type": "image/png"}).status_code)
+                       for body, params in sent)  # fmt: skip
+    assert (answered["200"], answered["422"]) == (4, 1)
+    after = _classify_series(server)
+    grew = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    assert {k: v for k, v in grew.items() if k.isdigit() and v} == answered
+    assert grew["seconds_count"] == len(sent) and after["in_progress"] == 0
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ uvicorn's own httptools protocol with those three gaps closed:
 BentoML builds the uvicorn config itself, so :func:`install` points uvicorn's ``auto`` and
 ``httptools`` protocol names at this class before the worker's server starts (the service module
 calls it on import). Bodies are bounded in time and size by :mod:`service.edge.limits`, in ASGI.
+``install`` also takes the service's ``front``: an ASGI app put in front of uvicorn's own (once per
+app), which answers what it can before uvicorn's and BentoML's middlewares (:mod:`service.edge.lane`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -42,6 +46,16 @@ class ConnectionLimits:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits = ConnectionLimits()
+    front: Callable[[Any], Any] | None = None  # wraps uvicorn's app: what every connection's requests go to
+    _fronted: tuple[Any, Any] | None = None  # (uvicorn's app, its front): built once
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.front is not None:
+            cls = type(self)
+            if cls._fronted is None or cls._fronted[0] is not self.app:
+                cls._fronted = (self.app, self.front(self.app))
+            self.app = cls._fronted[1]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -122,11 +136,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             oldest.transport.close()
 
 
-def install(limits: ConnectionLimits) -> None:
-    """Make uvicorn build :class:`GuardedHttpToolsProtocol` (with ``limits``) for every HTTP connection."""
+def install(limits: ConnectionLimits, front: Callable[[Any], Any] | None = None) -> None:
+    """Make uvicorn build :class:`GuardedHttpToolsProtocol` (with ``limits``) for every HTTP connection; with
+    ``front``, its requests go to ``front(app)`` instead of uvicorn's ``app``."""
     from uvicorn import config
 
     GuardedHttpToolsProtocol.limits = limits
+    GuardedHttpToolsProtocol.front = None if front is None else staticmethod(front)  # type: ignore[assignment]
+    GuardedHttpToolsProtocol._fronted = None
     name = f"{__name__}:{GuardedHttpToolsProtocol.__name__}"
     config.HTTP_PROTOCOLS["auto"] = name
     config.HTTP_PROTOCOLS["httptools"] = name
