@@ -95,6 +95,7 @@ def lone_image_runtimes(tag: str) -> dict[str, Any]:
         agrees = np.allclose(clf.infer_alone(x), clf.infer(x), atol=1e-5)  # the lone runtime vs the shared one
         out[name] = {"lone": clf.lone and clf.lone.name, "report": clf.runtime_report.get("lone_image_threads"),
                      "agrees": bool(agrees)}  # fmt: skip
+        out[f"{name} batches"] = {"report": clf.runtime_report["batch"], "limit": clf.batch_limit}
     return out
 
 
@@ -181,6 +182,10 @@ def test_a_lone_image_runs_on_every_core_where_the_runtime_has_its_own_threads(t
     got = in_child(lone_image_runtimes, trained_model[0])
     assert got["onnx"] == {"lone": "onnx", "report": 2, "agrees": True}  # a second session, two threads
     assert got["torch"]["lone"] is None  # torch's threads are one setting for the whole process
+    for name in ("onnx", "torch"):  # each size timed at load, and the batch limit chosen from them (not asserted:
+        batches = got[f"{name} batches"]  # which size is cheapest depends on the processor)
+        assert set(batches["report"]["ms_per_image"]) == {"1", "2", "4"}
+        assert batches["limit"] == batches["report"]["limit"] in (1, 2, 4) and batches["report"]["why"]
 
 
 @needs_cuda

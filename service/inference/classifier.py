@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.inference.batch_size import batch_limit, time_batches
 from service.inference.drift import DriftMonitor
 from service.inference.options import InferenceOptions
 from service.inference.runtimes import OWN_THREAD_POOL, InferenceRuntime, build_runtime
@@ -41,6 +42,7 @@ class Classifier:
     load_seconds: float = 0.0
     drift: DriftMonitor | None = None  # watches every batch's embeddings once set
     lone: InferenceRuntime | None = None
+    batch_limit: int = 0  # the most images a batch should hold on this machine (0: as many as the options allow)
 
     def __post_init__(self) -> None:
         self.task = TaskSpec.from_metadata(self.stored.metadata)
@@ -102,10 +104,17 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         clf.infer(warm[:size])
         size //= 2
     clf.infer_alone(warm[:1])
+    if options.max_batch_size > 1:
+        per_image = time_batches(clf.infer, warm)
+        clf.batch_limit, why = batch_limit(per_image, options.max_batch_size)
+        report["batch"] = {"ms_per_image": {str(k): round(v * 1000, 4) for k, v in per_image.items()},
+                           "limit": clf.batch_limit, "why": why}  # fmt: skip
     reference = stored.drift_reference() if options.drift_sample > 0 else None
     if reference is not None:  # after the warm-up: zeros are not traffic
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
     clf.load_seconds = time.perf_counter() - start
     lone = f", a lone image on {options.lone_threads} threads" if clf.lone else ""
-    log.info("%s runs on %s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, clf.load_seconds)
+    batches = f", batches up to {clf.batch_limit}" if clf.batch_limit else ""
+    log.info("%s runs on %s%s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, batches,
+             clf.load_seconds)  # fmt: skip
     return clf
