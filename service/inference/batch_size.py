@@ -4,7 +4,7 @@ Batching amortises a runtime's per-call costs, and the server's too (a thread ha
 beyond some size, though, a batch's activations no longer fit the core's caches and every image costs more.
 Where that happens depends on the processor and the model: on 2 cores of an AMD EPYC (Zen 4, 2 MB of L2 a
 core) EfficientNet-Lite0 at 224 px costs 5.4-5.7 ms an image at batches of 2-4 and 6.6-8.6 at 32 (OpenVINO,
-ONNX Runtime), and serving it with batches of at most 4 answered 9-10% more requests at concurrency 32; on an
+ONNX Runtime), and serving it with batches of at most 4 answered 8-11% more requests at concurrency 32; on an
 Intel Xeon with AMX the saving at 8 was ~6% in the runtime alone and the server did worse with the smaller
 batches. So :func:`batch_limit` caps batches only when a smaller one saves at least ``SAVING`` an image over
 the largest: then the largest size within ``WITHIN`` of the cheapest image.
