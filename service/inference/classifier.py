@@ -42,7 +42,7 @@ class Classifier:
     load_seconds: float = 0.0
     drift: DriftMonitor | None = None  # watches every batch's embeddings once set
     lone: InferenceRuntime | None = None
-    batch_limit: int = 0  # the most images a batch should hold on this machine (0: as many as the options allow)
+    batch_limit: int = 0  # the most images a batch should hold on this machine (build_classifier sets it)
 
     def __post_init__(self) -> None:
         self.task = TaskSpec.from_metadata(self.stored.metadata)
@@ -104,6 +104,7 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         clf.infer(warm[:size])
         size //= 2
     clf.infer_alone(warm[:1])
+    clf.batch_limit = options.max_batch_size
     if options.max_batch_size > 1:
         per_image = time_batches(clf.infer, warm)
         clf.batch_limit, why = batch_limit(per_image, options.max_batch_size)
@@ -114,7 +115,7 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
     clf.load_seconds = time.perf_counter() - start
     lone = f", a lone image on {options.lone_threads} threads" if clf.lone else ""
-    batches = f", batches up to {clf.batch_limit}" if clf.batch_limit else ""
+    batches = f", batches up to {clf.batch_limit}" if clf.batch_limit < options.max_batch_size else ""
     log.info("%s runs on %s%s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, batches,
              clf.load_seconds)  # fmt: skip
     return clf

@@ -58,7 +58,7 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     def build(tag: str) -> Served:
         started = time.perf_counter()
         clf = build_classifier(load_model(tag), options, started=started)
-        batcher = MicroBatcher(clf.infer, clf.batch_limit or settings.max_batch_size, settings.max_latency_ms,
+        batcher = MicroBatcher(clf.infer, clf.batch_limit, settings.max_latency_ms,
                                on_batch=telemetry.observe_batch, infer_alone=clf.lone and clf.infer_alone)  # fmt: skip
         batcher.also_coming = lambda: arrivals.count
         return _warm(Served(clf, batcher))
@@ -68,8 +68,7 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
         ``nice`` (a shadow's: low priority). The champion's thread count (torch's is per process: a different one
         would change the champion's too)."""
         clf = build_classifier(load_model(tag), replace(options, drift_sample=0.0, lone_threads=None))
-        batch = clf.batch_limit or settings.max_batch_size
-        return _warm(Served(clf, MicroBatcher(clf.infer, batch, settings.max_latency_ms, nice=nice)))
+        return _warm(Served(clf, MicroBatcher(clf.infer, clf.batch_limit, settings.max_latency_ms, nice=nice)))
 
     follower = ModelFollower(settings.model_name, settings.model_tag, registry, build)
     admission = Admission(settings.max_batch_images, settings.max_upload_bytes)
