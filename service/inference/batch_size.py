@@ -30,8 +30,8 @@ def batch_sizes(largest: int) -> list[int]:
     return [*sizes, largest]
 
 
-def time_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, rounds: int = 3,
-                 least_seconds: float = 0.03) -> dict[int, float]:  # fmt: skip
+def time_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, rounds: int = 5,
+                 least_seconds: float = 0.05) -> dict[int, float]:  # fmt: skip
     """Seconds an image at each of :func:`batch_sizes` up to ``len(batch)``: the best of ``rounds`` rounds (the
     sizes interleaved, so a drifting host weighs on all alike), each size run for at least ``least_seconds``."""
     best: dict[int, float] = {}
