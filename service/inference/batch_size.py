@@ -53,6 +53,6 @@ def batch_limit(per_image: dict[int, float], largest: int) -> tuple[int, str]:
     cheapest = min(per_image.values())
     saving = 1 - cheapest / per_image[largest]
     if saving < SAVING:
-        return largest, f"a smaller batch saves {saving:.0%} an image (under {SAVING:.0%}): batches up to {largest}"
+        return largest, f"a smaller batch saves {saving:.0%} an image, under the {SAVING:.0%} that caps batches"
     limit = max(size for size, seconds in per_image.items() if seconds <= cheapest * (1 + WITHIN))
     return limit, f"batches over {limit} cost up to {saving:.0%} more an image on this machine"

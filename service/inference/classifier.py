@@ -115,7 +115,8 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
     clf.load_seconds = time.perf_counter() - start
     lone = f", a lone image on {options.lone_threads} threads" if clf.lone else ""
-    batches = f", batches up to {clf.batch_limit}" if clf.batch_limit < options.max_batch_size else ""
+    batch = report.get("batch")  # the timings' verdict, logged either way: a worker that kept full batches says why
+    batches = f", batches up to {clf.batch_limit} ({batch['why']})" if batch else ""
     log.info("%s runs on %s%s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, batches,
              clf.load_seconds)  # fmt: skip
     return clf
