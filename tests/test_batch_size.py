@@ -1,8 +1,10 @@
 """The batch limit chosen from per-size timings (service.inference.batch_size): pure, no runtime involved."""
 
 import numpy as np
+import pytest
 
-from service.inference.batch_size import batch_limit, batch_sizes, time_batches
+from service.inference import batch_size
+from service.inference.batch_size import batch_limit, batch_sizes, measured_limit, time_batches
 
 
 def test_batch_sizes_are_powers_of_two_up_to_the_largest():
@@ -32,3 +34,22 @@ def test_time_batches_times_every_size_on_the_given_batch():
     timings = time_batches(infer, np.zeros((8, 1, 4, 4), np.float32), rounds=2, least_seconds=0.001)
     assert sorted(timings) == [1, 2, 4, 8] and all(t > 0 for t in timings.values())
     assert set(seen) == {1, 2, 4, 8}
+
+
+@pytest.mark.parametrize(
+    ("passes", "looks", "limit"),
+    [
+        # 7% under the 10% line: a second look, each size keeping its best, finds the saving the first one missed
+        ([{1: 1.0, 2: 0.93, 4: 0.94, 8: 1.0}, {1: 1.0, 2: 0.8, 4: 0.82, 8: 0.99}], 2, 4),
+        ([{1: 1.0, 2: 0.93, 4: 0.94, 8: 1.0}, {1: 1.0, 2: 0.95, 4: 0.96, 8: 1.0}], 2, 8),  # and one that did not
+        ([{1: 1.0, 2: 0.98, 4: 0.97, 8: 1.0}], 1, 8),  # far under the line (the 28-px model's 3%): one look
+        ([{1: 1.0, 2: 0.7, 4: 0.72, 8: 1.0}], 1, 4),  # over it: one look
+    ],
+)
+def test_a_saving_just_under_the_line_is_timed_once_more(monkeypatch, passes, looks, limit):
+    scripted = iter(passes)
+    calls = []
+    monkeypatch.setattr(batch_size, "time_batches", lambda infer, batch: calls.append(len(batch)) or next(scripted))
+    per_image, got, why = measured_limit(lambda x: x, np.zeros((8, 1, 2, 2), np.float32))
+    assert (len(calls), got) == (looks, limit) and why
+    assert per_image == {size: min(p[size] for p in passes[:looks]) for size in passes[0]}

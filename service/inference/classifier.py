@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.inference.batch_size import batch_limit, time_batches
+from service.inference.batch_size import measured_limit
 from service.inference.drift import DriftMonitor
 from service.inference.options import InferenceOptions
 from service.inference.runtimes import OWN_THREAD_POOL, InferenceRuntime, build_runtime
@@ -106,8 +106,7 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
     clf.infer_alone(warm[:1])
     clf.batch_limit = options.max_batch_size
     if options.max_batch_size > 1:
-        per_image = time_batches(clf.infer, warm)
-        clf.batch_limit, why = batch_limit(per_image, options.max_batch_size)
+        per_image, clf.batch_limit, why = measured_limit(clf.infer, warm)
         report["batch"] = {"ms_per_image": {str(k): round(v * 1000, 4) for k, v in per_image.items()},
                            "limit": clf.batch_limit, "why": why}  # fmt: skip
     reference = stored.drift_reference() if options.drift_sample > 0 else None
