@@ -8,8 +8,9 @@ ONNX Runtime), and serving it with batches of at most 4 answered 8-11% more requ
 Intel Xeon with AMX the saving at 8 was ~6% in the runtime alone and the server did worse with the smaller
 batches. So :func:`batch_limit` caps batches only when a smaller one saves at least ``SAVING`` an image over
 the largest: then the largest size within ``WITHIN`` of the cheapest image. On the AMD machine the saving
-measured at start-up ranges 10-27%, close enough to the line that another worker's start-up beside the timing
-can push it under: :func:`measured_limit` takes a second look at a saving just under the line.
+measured at start-up was 11-16% on OpenVINO (26-31% on ONNX Runtime), close enough to the line that another
+worker's start-up beside the timing pushed it under in some starts (2-4%): :func:`measured_limit` takes a
+second look at a saving just under the line.
 """
 
 from __future__ import annotations
