@@ -12,7 +12,10 @@ Every server is driven by the same ``wrk`` (one thread) posting real photos as J
 at a time on an otherwise idle machine: a warm-up, then each concurrency for ``--seconds``. Around each of this
 service's loads, with its server up and idle, the in-process ceiling of the runtime it chose
 (``harness/ceiling.py``: one process a core decoding, preprocessing and inferring that photo with no HTTP),
-once before and once after, and this service's HTTP throughput over their mean.
+once before and once after, and this service's HTTP throughput over their mean; then ``--ratio-rounds`` more
+loads at the top concurrency, each followed by another ceiling, so that the target's ratio (HTTP / ceiling at
+c=32) is taken several times from a load and the ceilings just before and after it, and its median printed: on
+a host whose speed drifts by a tenth within minutes, one ratio says little.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import importlib.metadata as md
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,6 +180,12 @@ def main() -> None:
         default=5,
         help="the in-process ceiling's seconds a batch size, for each runtime this service ran (0: none)",
     )
+    p.add_argument(
+        "--ratio-rounds",
+        type=int,
+        default=2,
+        help="extra loads of this service at the top concurrency, each followed by a ceiling, for the ratio",
+    )
     args = p.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench_peers needs wrk (Debian's package; make bench-peers installs it)")
@@ -188,10 +198,13 @@ def main() -> None:
     results: list[tuple[Contender, str, int, dict]] = []
     chose: dict[str, str] = {}  # this service's runtime setting -> the runtime it ran ("auto" resolved)
     # (photo size, runtime setting) -> the in-process ceilings of the runtime it ran, measured with its server up
-    # but idle before the load and again after it (the machine's speed drifts: the ratio compares like with like)
+    # but idle before the load, after it and after each extra load at the top concurrency (the machine's speed
+    # drifts: each ratio compares a load with the ceilings just before and after it)
     ceilings: dict[tuple[str, str], list[float]] = {}
+    top = max(args.concurrency)
+    extra: dict[tuple[str, str], list[float]] = {}  # the same key -> requests/s of each extra load at ``top``
 
-    def bracket(setting: str) -> None:  # one of the two ceilings around the load of this service on ``setting``
+    def bracket(setting: str) -> None:  # one ceiling between two of this service's loads on ``setting``
         for size, rate in ceiling(tag, chose[setting], images, args.batch, args.ceiling_seconds).items():
             ceilings.setdefault((size, setting), []).append(rate)
 
@@ -216,11 +229,18 @@ def main() -> None:
                     print(f"  {who.name:<16} {who.runtime:<5} {size:>9} c={c:<3} {r['img_per_s']:7.1f} req/s  "
                           f"p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f} ms  CPU {r['cpu_ms']:5.1f} ms/req  "
                           f"errors {r['errors']}", flush=True)  # fmt: skip
+            if ours and args.ceiling_seconds:
+                bracket(who.runtime)
+                for _ in range(args.ratio_rounds):  # the target's ratio again, each load between two ceilings
+                    for size, photo in images.items():
+                        r = measure(server.base, who.load(photo), top, args.seconds, warmup=False)
+                        extra.setdefault((size, who.runtime), []).append(r["img_per_s"])
+                        print(f"  {who.name:<16} {who.runtime:<5} {size:>9} c={top:<3} {r['img_per_s']:7.1f} req/s "
+                              f"(between ceilings)", flush=True)  # fmt: skip
+                    bracket(who.runtime)
         finally:
             server.stop()
-        if ours:
-            bracket(who.runtime)
-    print_table(results, args.concurrency, list(images), chose, ceilings)
+    print_table(results, args.concurrency, list(images), chose, ceilings, extra)
 
 
 def ceiling(tag: str, runtime: str, images: dict[str, bytes], batch: int, seconds: float) -> dict[str, float]:
@@ -234,7 +254,8 @@ def ceiling(tag: str, runtime: str, images: dict[str, bytes], batch: int, second
 
 
 def print_table(results: list, concurrency: list[int], sizes: list[str], chose: dict[str, str],
-                ceilings: dict[tuple[str, str], list[float]]) -> None:  # fmt: skip
+                ceilings: dict[tuple[str, str], list[float]], extra: dict[tuple[str, str], list[float]]
+                ) -> None:  # fmt: skip
     for size in sizes:
         print(f"\n{size} photo: requests/s (p99 ms) [server CPU ms a request]\n")
         print("| server | runtime | " + " | ".join(f"c={c}" for c in concurrency) + " |")
@@ -262,14 +283,19 @@ def print_table(results: list, concurrency: list[int], sizes: list[str], chose: 
             print(f"c={c}: " + "; ".join(parts))
         for (name, runtime), by_c in rows.items():
             rates = ceilings.get((size, runtime))
-            if name == "this service" and rates:
-                mean = sum(rates) / len(rates)
-                ratios = ", ".join(f"c={c} {by_c[c]['img_per_s'] / mean:.2f}" for c in by_c)
-                print(
-                    f"this service on {runtime} ({chose.get(runtime, runtime)}): HTTP / in-process ceiling "
-                    f"({mean:.1f} img/s, the mean of {' and '.join(f'{r:.1f}' for r in rates)} measured just "
-                    f"before and after its load) {ratios} (target 0.9 at c=32)"
-                )
+            if name != "this service" or not rates or len(rates) < 2:
+                continue
+            mean = (rates[0] + rates[1]) / 2
+            ratios = ", ".join(f"c={c} {by_c[c]['img_per_s'] / mean:.2f}" for c in by_c)
+            print(f"this service on {runtime} ({chose.get(runtime, runtime)}): HTTP / in-process ceiling "
+                  f"({mean:.1f} img/s, the mean of {rates[0]:.1f} and {rates[1]:.1f} measured just before and "
+                  f"after its loads) {ratios}")  # fmt: skip
+            top = max(by_c)
+            loads = [by_c[top]["img_per_s"], *extra.get((size, runtime), [])]
+            pairs = [load / ((rates[i] + rates[i + 1]) / 2) for i, load in enumerate(loads[: len(rates) - 1])]
+            print(f"  at c={top}, each load over the ceilings just before and after it: "
+                  f"{', '.join(f'{r:.2f}' for r in pairs)}; median {statistics.median(pairs):.2f} "
+                  f"(target 0.9 at c=32)")  # fmt: skip
 
 
 if __name__ == "__main__":
