@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from service.inference.batch_size import measured_limit
 from service.inference.drift import DriftMonitor
+from service.inference.measured import Measurement, measured_once
 from service.inference.options import InferenceOptions
 from service.inference.runtimes import OWN_THREAD_POOL, InferenceRuntime, build_runtime
 from service.inference.selection import choose_runtime
@@ -88,30 +89,26 @@ class Classifier:
 
 def build_classifier(stored: StoredModel, options: InferenceOptions, started: float | None = None) -> Classifier:
     """Choose ``stored``'s runtime on this machine and warm it up; ``load_seconds`` counts from ``started``
-    (a ``time.perf_counter()`` taken before the model was read, say), else from now."""
+    (a ``time.perf_counter()`` taken before the model was read, say), else from now. The workers of one server
+    (``options.measured_by``) measure once, one at a time (:mod:`service.inference.measured`)."""
     start = time.perf_counter() if started is None else started
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
-    runtime, report = choose_runtime(stored, options, threads)
-    clf = Classifier(stored, runtime, options.max_pixels, report)
-    if (options.lone_threads or 0) > threads and runtime.name in OWN_THREAD_POOL:
-        # int8's calibrated export is cached by now, so no calibration images are needed again
-        clf.lone = build_runtime(runtime.name, stored, options.lone_threads, calibration=lambda: iter(()),
-                                 shared_cores=True)  # fmt: skip
-        report["lone_image_threads"] = options.lone_threads
-    warm = np.zeros((options.max_batch_size, *clf.input_shape), np.float32)
-    size = options.max_batch_size
-    # every power-of-two batch size: a runtime's first batch of a new size is slow. Kept apart from the batch
-    # timing below, whose rounds would warm them too: folded into it, 3 of 8 Lite0 workers on OpenVINO (AMD EPYC
-    # Zen 4) kept batches of 32, against 0 of 10 with this warm-up first
-    while size >= 1:
-        clf.infer(warm[:size])
-        size //= 2
-    clf.infer_alone(warm[:1])
-    clf.batch_limit = options.max_batch_size
-    if options.max_batch_size > 1:
-        per_image, clf.batch_limit, why = measured_limit(clf.infer, warm)
-        report["batch"] = {"ms_per_image": {str(k): round(v * 1000, 4) for k, v in per_image.items()},
-                           "limit": clf.batch_limit, "why": why}  # fmt: skip
+    with measured_once(stored, options) as (found, keep):
+        if found is None:  # measure here, the server's other workers waiting
+            runtime, report = choose_runtime(stored, options, threads)
+            clf = _warmed(Classifier(stored, runtime, options.max_pixels, report), options, threads)
+            clf.batch_limit = options.max_batch_size
+            if options.max_batch_size > 1:
+                per_image, clf.batch_limit, why = measured_limit(clf.infer, _zeros(clf, options.max_batch_size))
+                report["batch"] = {"ms_per_image": {str(k): round(v * 1000, 4) for k, v in per_image.items()},
+                                   "limit": clf.batch_limit, "why": why}  # fmt: skip
+            report["measured_in"] = f"worker {os.getpid()}"
+            keep.append(Measurement(runtime.name, report, clf.batch_limit))
+    if found is not None:  # another worker of this server measured with these options: its verdicts
+        runtime, _ = choose_runtime(stored, replace(options, runtime=found.runtime), threads)
+        clf = _warmed(Classifier(stored, runtime, options.max_pixels, found.report), options, threads)
+        clf.batch_limit = found.batch_limit
+    report = clf.runtime_report
     reference = stored.drift_reference() if options.drift_sample > 0 else None
     if reference is not None:  # after the warm-up: zeros are not traffic
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
@@ -119,6 +116,29 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
     lone = f", a lone image on {options.lone_threads} threads" if clf.lone else ""
     batch = report.get("batch")  # the timings' verdict, logged either way: a worker that kept full batches says why
     batches = f", batches up to {clf.batch_limit} ({batch['why']})" if batch else ""
-    log.info("%s runs on %s%s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, batches,
+    measured = "" if found is None else f", as measured by {report['measured_in']}"
+    log.info("%s runs on %s%s%s%s (%.1fs to choose and warm up)", stored.tag, runtime.name, lone, batches, measured,
              clf.load_seconds)  # fmt: skip
+    return clf
+
+
+def _zeros(clf: Classifier, batch: int) -> np.ndarray:
+    return np.zeros((batch, *clf.input_shape), np.float32)
+
+
+def _warmed(clf: Classifier, options: InferenceOptions, threads: int) -> Classifier:
+    """``clf`` with its runtime for a lone image (when it gets one) and every power-of-two batch size run once: a
+    runtime's first batch of a new size is slow. Kept apart from the batch timing, whose rounds would warm them
+    too: folded into it, 3 of 8 Lite0 workers on OpenVINO (AMD EPYC Zen 4) kept batches of 32, against 0 of 10
+    with this warm-up first."""
+    if (options.lone_threads or 0) > threads and clf.runtime.name in OWN_THREAD_POOL:
+        # int8's calibrated export is cached by now, so no calibration images are needed again
+        clf.lone = build_runtime(clf.runtime.name, clf.stored, options.lone_threads, calibration=lambda: iter(()),
+                                 shared_cores=True)  # fmt: skip
+        clf.runtime_report["lone_image_threads"] = options.lone_threads
+    warm, size = _zeros(clf, options.max_batch_size), options.max_batch_size
+    while size >= 1:
+        clf.infer(warm[:size])
+        size //= 2
+    clf.infer_alone(warm[:1])
     return clf

@@ -19,3 +19,6 @@ class InferenceOptions:
     agreement_images: str | None = None  # a folder of representative images for models with no recorded split
     feedback_images: str | None = None  # the served model's feedback store: live images people labelled
     lone_threads: int | None = None  # threads for a batch of one image, when more than ``threads``
+    # a key shared by the workers of one server (``measured.server_key``): the first to load a model measures the
+    # runtimes and batch sizes alone, the others reuse it; None: each worker measures for itself
+    measured_by: str | None = None

@@ -65,9 +65,9 @@ def export_dir(stored: StoredModel) -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Serialise exports across worker processes that start together."""
-    with open(directory / ".lock", "w") as fh:
+def locked(directory: Path, name: str = ".lock") -> Iterator[None]:
+    """Serialise exports (or, under another ``name``, anything else) across worker processes that start together."""
+    with open(directory / name, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

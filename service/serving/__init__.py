@@ -10,6 +10,7 @@ import numpy as np
 
 from service import telemetry
 from service.inference import MicroBatcher, build_classifier
+from service.inference.measured import server_key
 from service.retraining.capture import Capturer
 from service.retraining.records import Guards
 from service.retraining.registry import Registry
@@ -54,6 +55,8 @@ def build_worker(settings: Settings, registry: Registry | None = None) -> Worker
     """The serving parts of one worker, wired (nothing loaded yet: call ``follower.load()``)."""
     arrivals = Arrivals()
     options = settings.inference()
+    if options.workers > 1:  # the server's workers measure once, one at a time (service.inference.measured)
+        options = replace(options, measured_by=server_key())
 
     def build(tag: str) -> Served:
         started = time.perf_counter()
