@@ -101,6 +101,32 @@ def test_draft_decoding_keeps_at_least_the_requested_size():
     assert min(img.size) >= 256 and img.size[0] < 1600
 
 
+def test_a_photo_a_little_larger_than_the_model_needs_is_decoded_at_eighths():
+    """640x480 for a 256-px resize: 5/8 (400x300), where Pillow's draft mode (halves only) decoded it whole."""
+    photo = encode(Image.new("RGB", (640, 480), (200, 30, 10)), "JPEG", quality=90)
+    img = decode_image(photo, draft_size=256)
+    assert img.size == (400, 300) and img.mode == "RGB"
+    assert np.abs(np.asarray(img, np.int16) - (200, 30, 10)).max() <= 3
+    assert decode_image(photo).size == (640, 480)  # training decodes whole
+    assert decode_image(photo, draft_size=450).size == (640, 480)  # no eighth to spare: whole
+    gray = decode_image(encode(Image.new("L", (640, 480), 90), "JPEG"), channels=1, draft_size=256)
+    assert (gray.size, gray.mode) == ((400, 300), "L")
+
+
+def test_scaled_decoding_leaves_what_it_would_not_decode_as_pillow_does_to_pillow():
+    rotated = Image.new("RGB", (640, 480), (10, 200, 10))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    img = decode_image(encode(rotated, "JPEG", exif=exif.tobytes()), draft_size=256)
+    assert img.size == (480, 640)  # upright, decoded whole by Pillow
+    cmyk = decode_image(encode(Image.new("CMYK", (640, 480), (0, 0, 0, 0)), "JPEG"), draft_size=256)
+    assert cmyk.mode == "RGB" and cmyk.size == (640, 480)
+    truncated = encode(Image.effect_noise((640, 480), 60).convert("RGB"), "JPEG")[:-2000]
+    with pytest.raises(ImageError) as exc:  # refused by simplejpeg; Pillow says why
+        decode_image(truncated, draft_size=256)
+    assert exc.value.reason == "truncated"
+
+
 @pytest.mark.slow
 def test_fuzz_decode_briefly(tmp_path):
     """A short Atheris run of the decode-and-validate function (CI); longer runs: tests/fuzz_decode.py."""

@@ -147,7 +147,8 @@ def test_infer_matches_http_classify(oip_server, transport, trained_model):
     # already preprocessed: the same transform the service uses, FP32 [N, C, H, W]
     stored = load_model(tag)
     transform = EvalPreprocessor(stored.preprocessing)
-    x = np.stack([transform(decode_image(d, stored.preprocessing.channels)) for d in data]).astype(np.float32)
+    pp = stored.preprocessing  # decoded as the service decodes (a JPEG at a reduction, when it has one to spare)
+    x = np.stack([transform(decode_image(d, pp.channels, draft_size=pp.resize_size)) for d in data]).astype(np.float32)
     inp = module.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     assert np.allclose(client.infer(name, [inp]).as_numpy("probabilities"), probs, atol=1e-5)
