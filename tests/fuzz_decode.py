@@ -35,11 +35,12 @@ def seeds() -> list[bytes]:
 
 
 def test_one(data: bytes) -> None:
-    try:
-        img = decode_image(data, 3, MAX_PIXELS)
-    except ImageError:
-        return
-    assert img.mode == "RGB" and img.width * img.height <= MAX_PIXELS
+    for draft_size in (None, 8):  # as training decodes, and as serving does (JPEGs at a reduction)
+        try:
+            img = decode_image(data, 3, MAX_PIXELS, draft_size=draft_size)
+        except ImageError:
+            continue
+        assert img.mode == "RGB" and img.width * img.height <= MAX_PIXELS
 
 
 if __name__ == "__main__":
