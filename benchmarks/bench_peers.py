@@ -283,7 +283,7 @@ def print_table(results: list, concurrency: list[int], sizes: list[str], chose: 
             print(f"c={c}: " + "; ".join(parts))
         for (name, runtime), by_c in rows.items():
             rates = ceilings.get((size, runtime))
-            if name != "this service" or not rates or len(rates) < 2:
+            if name != "this service" or len(rates or ()) < 2:
                 continue
             mean = (rates[0] + rates[1]) / 2
             ratios = ", ".join(f"c={c} {by_c[c]['img_per_s'] / mean:.2f}" for c in by_c)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from service.inference.options import InferenceOptions
-from service.inference.runtimes import export_dir, locked
+from service.inference.runtimes import export_dir, locked, read_record, write_record
 from training.stored import StoredModel
 
 RECORD = "measured.json"
@@ -65,19 +65,10 @@ def measured_once(stored: StoredModel, options: InferenceOptions) -> Iterator[tu
         return
     directory, key = export_dir(stored), _key(options)
     with locked(directory, name=".measure.lock"):
-        record = _read(directory / RECORD)
+        record = read_record(directory / RECORD)
         entries = record.get("entries", {}) if record.get("server") == options.measured_by else {}
         found = entries.get(key)
         yield (Measurement(**found) if found else None), keep
         if keep and not found:
             entries[key] = dataclasses.asdict(keep[0])
-            tmp = directory / f"{RECORD}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"server": options.measured_by, "entries": entries}, indent=2))
-            tmp.replace(directory / RECORD)
-
-
-def _read(path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+            write_record(directory / RECORD, {"server": options.measured_by, "entries": entries})

@@ -13,7 +13,9 @@ import contextlib
 import copy
 import fcntl
 import functools
+import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,21 @@ def locked(directory: Path, name: str = ".lock") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_record(path: Path) -> dict:
+    """A JSON record kept beside the exports; empty when absent or unreadable (then measure again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Replace ``path`` with ``record`` at once (another worker never reads half of it); hold :func:`locked`."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
 
 
 def _example(stored: StoredModel, batch: int = 2) -> torch.Tensor:

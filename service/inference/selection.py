@@ -7,9 +7,7 @@ version."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from service.inference.runtimes import (
     build_runtime,
     export_dir,
     locked,
+    read_record,
+    write_record,
 )
 from training.data.folder import images_under
 from training.data.recorded import key_loader
@@ -117,7 +117,7 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
         return recorded(name) or (recorded("test") if name == "val" else []) or unlabelled()[name == "test"]
 
     cache_file = export_dir(stored) / "runtimes.json"
-    cache = _read_cache(cache_file)
+    cache = read_record(cache_file)
     if options.runtime != "auto":
         candidates = [options.runtime]
     else:  # on a GPU machine the GPU runtimes; otherwise every CPU runtime
@@ -164,17 +164,7 @@ def choose_runtime(stored: StoredModel, options: InferenceOptions, threads: int)
     return best[1], report
 
 
-def _read_cache(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # absent, or unreadable: measure again
-
-
 def _update_cache(path: Path, entries: dict) -> None:
     """Merge ``entries`` into the per-version cache; workers loading the same version at once are serialised."""
     with locked(path.parent):
-        cache = _read_cache(path) | entries
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=2))
-        tmp.replace(path)
+        write_record(path, read_record(path) | entries)
