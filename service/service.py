@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp
 
-from service import telemetry
+from service import tally, telemetry
 from service.edge import connections, listening, route_labels, timeouts, traffic
 from service.edge.app import LEVEL_MAX, TOP_K_MAX, create_app
 from service.edge.classify import InFlight, classify_many, classify_one
@@ -55,6 +55,7 @@ CAPACITY = settings.capacity()
 log.info("serving with %s", CAPACITY.describe())
 timeouts.install()
 traffic.install()
+tally.install()
 if settings.reuse_port:
     listening.install()
 IN_FLIGHT = InFlight(settings.max_concurrency)  # one per worker process: the routes and the API methods share it

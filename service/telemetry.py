@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from service.tally import TALLY
+
 if TYPE_CHECKING:
     from service.inference.answers import Verdict
     from service.inference.drift import DriftStatus
@@ -103,21 +105,44 @@ PROCESS_RSS = Gauge("imgclf_process_resident_memory_bytes", "Resident memory of 
                     multiprocess_mode="liveall")  # fmt: skip
 
 
+_children: dict[tuple, Counter | Gauge | Histogram] = {}
+
+
+def _child(metric: Counter | Gauge | Histogram, *labels: str) -> Counter | Gauge | Histogram:
+    """``metric.labels(*labels)``, looked up once (label values are bounded, see above)."""
+    key = (metric, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
+# Per image and per batch: summed by the tally, written a few times a second (see service.tally).
+
+
 def observe_batch(size: int, queue_seconds: float, infer_seconds: float) -> None:
-    BATCH_SIZE.observe(size)
-    QUEUE_SECONDS.observe(queue_seconds)
-    INFERENCE_SECONDS.observe(infer_seconds)
+    TALLY.observe(BATCH_SIZE, size)
+    TALLY.observe(QUEUE_SECONDS, queue_seconds)
+    TALLY.observe(INFERENCE_SECONDS, infer_seconds)
+
+
+def observe_images(endpoint: str, count: int) -> None:
+    TALLY.add(_child(IMAGES, endpoint), count)
+
+
+def observe_preprocess(seconds: float) -> None:
+    TALLY.observe(PREPROCESS_SECONDS, seconds)
 
 
 def observe_verdict(model: str, classes: list[str], verdict: Verdict, low_threshold: float) -> None:
     """One answered image: its predicted class (multi-label: each predicted label) and its top score."""
     for i in verdict.predicted:
-        PREDICTIONS.labels(model, classes[i]).inc()
-    CONFIDENCE.labels(model).observe(verdict.confidence)
+        TALLY.add(_child(PREDICTIONS, model, classes[i]))
+    TALLY.observe(_child(CONFIDENCE, model), verdict.confidence)
     if verdict.confidence < low_threshold:
-        LOW_CONFIDENCE.labels(model).inc()
+        TALLY.add(_child(LOW_CONFIDENCE, model))
     if verdict.abstained:
-        ABSTAINED.labels(model).inc()
+        TALLY.add(_child(ABSTAINED, model))
 
 
 _current: dict[Gauge, tuple[str, ...]] = {}

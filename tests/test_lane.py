@@ -16,6 +16,7 @@ from service.edge.classify import InFlight
 from service.edge.lane import ClassifyLane, FrontLane, plain_query
 from service.edge.limits import BodyGuard, BodyLimits
 from service.edge.traffic import RequestSeries
+from service.tally import TALLY
 
 RED = encode(colour_image(COLOURS["red"], 48, seed=77))
 LANE = {"x-via": "lane"}
@@ -37,6 +38,7 @@ class TrafficMetrics:
                                                     registry=self.registry)  # fmt: skip
 
     def value(self, name: str, **labels) -> float:
+        TALLY.flush()  # the front lane's updates are summed until the next flush (service.tally)
         samples = [s for m in self.registry.collect() for s in m.samples if s.name == name
                    and all(s.labels.get(k) == str(v) for k, v in labels.items())]  # fmt: skip
         return sum(s.value for s in samples)

@@ -6,13 +6,16 @@ BentoML's traffic middleware records every request in ``bentoml_service_request_
 them. :class:`~service.edge.lane.FrontLane` answers ``POST /classify`` ahead of that middleware, so it records
 the same series itself: :func:`install` keeps the middleware's own metric objects once it has created them (on
 the worker's first request of any kind), and :class:`RequestSeries` writes to them with the labels the
-middleware would use, each label set's child looked up once rather than on every request.
+middleware would use, each label set's child looked up once rather than on every request, through the
+worker's tally (:mod:`service.tally`: summed, and written a few times a second).
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from service.tally import TALLY
 
 _middleware: Any = None  # the worker's BentoML traffic middleware, once set up
 
@@ -51,21 +54,21 @@ class RequestSeries:
 
     def started(self) -> float:
         """A request began: its start time, for :meth:`finished`."""
-        self._last_request.set_to_current_time()
-        self._in_progress.inc()
+        TALLY.set(self._last_request, time.time())
+        TALLY.add(self._in_progress)
         return time.perf_counter()
 
     def finished(self, started: float, status: int | None) -> None:
         """The request ended; ``status``: the response's, or None when none was sent (not counted, as BentoML)."""
-        self._in_progress.dec()
+        TALLY.add(self._in_progress, -1.0)
         if status is None:
             return
         children = self._by_status.get(status)
         if children is None:
             labels = dict(self._labels, http_response_code=status)
             children = self._by_status[status] = (self._total.labels(**labels), self._duration.labels(**labels))
-        children[0].inc()
-        children[1].observe(max(time.perf_counter() - started, 0.0))
+        TALLY.add(children[0])
+        TALLY.observe(children[1], max(time.perf_counter() - started, 0.0))
 
 
 _series: dict[str, RequestSeries] = {}

@@ -184,7 +184,7 @@ class ClassifyPath:
                 c, h, w = clf.input_shape
                 raise InvalidInput(f"preprocessed input must have shape [N, {c}, {h}, {w}], got "
                                    f"{list(batch.shape)}", reason="bad_shape")  # fmt: skip
-            telemetry.IMAGES.labels(endpoint).inc(len(batch))
+            telemetry.observe_images(endpoint, len(batch))
             self.arrivals.arrived()
             images = list(batch.astype(np.float32, copy=False))
             rows = await self._infer(served, images, None)
@@ -206,12 +206,12 @@ class ClassifyPath:
     def _preprocess(self, clf: Classifier, data: bytes) -> np.ndarray:
         start = time.perf_counter()
         x = clf.preprocess(data)
-        telemetry.PREPROCESS_SECONDS.observe(time.perf_counter() - start)
+        telemetry.observe_preprocess(time.perf_counter() - start)
         return x
 
     async def _scores(self, served: Served, images: list[bytes], endpoint: str) -> list[np.ndarray | ServiceError]:
         clf = served.classifier
-        telemetry.IMAGES.labels(endpoint).inc(len(images))
+        telemetry.observe_images(endpoint, len(images))
         loop = asyncio.get_running_loop()
 
         async def one(data: bytes) -> np.ndarray | ServiceError:
