@@ -10,8 +10,9 @@ on a daemon thread, before this worker renders ``/metrics`` (:func:`install`), a
 sees its own worker's series exactly and the other workers' at most ``interval`` late; the dashboards and alerts
 work on rates over minutes.
 
-A counter's or gauge's value lives in ``_value``, a histogram's in ``_sum`` and one ``_buckets`` entry a bound:
-prometheus_client's own layout, which ``tests/test_tally.py`` holds to what its ``observe`` would write.
+Counters and gauges are written with their own ``inc`` and ``set``. A histogram's observations are summed into its
+``_sum`` and one ``_buckets`` entry a bound: prometheus_client's own layout, which ``tests/test_tally.py`` holds to
+what its ``observe`` would write.
 """
 
 from __future__ import annotations
@@ -33,24 +34,24 @@ class Tally:
         self.interval = interval
         self._lock = threading.Lock()  # guards the pending sums (the loop, decode and inference threads add)
         self._flushing = threading.Lock()  # one flush at a time, so a gauge's older value never lands last
-        self._added: dict[Any, float] = {}  # a value (prometheus_client's) -> the amount to add to it
-        self._latest: dict[Any, float] = {}  # a gauge's value -> what to set it to
+        self._added: dict[Any, float] = {}  # a counter, gauge or histogram part -> the amount to add to it
+        self._latest: dict[Gauge, float] = {}  # a gauge -> what to set it to
         self._histograms: dict[Histogram, tuple[list[float], Any, list[Any]]] = {}
         self._flusher: threading.Thread | None = None
         os.register_at_fork(after_in_child=self._forget)
 
     def add(self, metric: Counter | Gauge, amount: float = 1.0) -> None:
         """``metric.inc(amount)`` (a gauge's ``dec`` is a negative amount), at the next flush."""
-        value = metric._value
         with self._lock:
-            self._added[value] = self._added.get(value, 0.0) + amount
+            self._added[metric] = self._added.get(metric, 0.0) + amount
         if self._flusher is None:
             self._start()
 
     def set(self, gauge: Gauge, amount: float) -> None:
-        """``gauge.set(amount)``, at the next flush (the last one set before it wins)."""
+        """``gauge.set(amount)``, at the next flush (the last one set before it wins; a "most recent" gauge is
+        stamped then)."""
         with self._lock:
-            self._latest[gauge._value] = amount
+            self._latest[gauge] = amount
         if self._flusher is None:
             self._start()
 
@@ -77,10 +78,10 @@ class Tally:
             with self._lock:
                 added, self._added = self._added, {}
                 latest, self._latest = self._latest, {}
-            for value, amount in added.items():
-                value.inc(amount)
-            for value, amount in latest.items():
-                value.set(amount)
+            for metric, amount in added.items():
+                metric.inc(amount)
+            for gauge, amount in latest.items():
+                gauge.set(amount)
 
     def _start(self) -> None:
         with self._lock:
