@@ -94,7 +94,7 @@ def lone_image_runtimes(tag: str) -> dict[str, Any]:
         clf = build_classifier(load_model(tag), options)
         agrees = np.allclose(clf.infer_alone(x), clf.infer(x), atol=1e-5)  # the lone runtime vs the shared one
         out[name] = {"lone": clf.lone and clf.lone.name, "report": clf.runtime_report.get("lone_image_threads"),
-                     "agrees": bool(agrees)}  # fmt: skip
+                     "agrees": bool(agrees), "timed": clf.runtime_report.get("lone_image")}  # fmt: skip
         out[f"{name} batches"] = {"report": clf.runtime_report["batch"], "limit": clf.batch_limit}
     return out
 
@@ -178,10 +178,15 @@ def test_the_mirror_average_is_in_the_exported_graph(mirrored_model, name):
     assert in_child(fp32_max_difference, mirrored_model, name) < 1e-4
 
 
-def test_a_lone_image_runs_on_every_core_where_the_runtime_has_its_own_threads(trained_model):
+def test_a_lone_image_runs_on_every_core_where_the_runtime_has_its_own_threads_and_that_is_faster(trained_model):
     got = in_child(lone_image_runtimes, trained_model[0])
-    assert got["onnx"] == {"lone": "onnx", "report": 2, "agrees": True}  # a second session, two threads
-    assert got["torch"]["lone"] is None  # torch's threads are one setting for the whole process
+    onnx, timed = got["onnx"], got["onnx"].pop("timed")
+    assert set(timed["ms"]) == {"shared", "lone"} and timed["why"]  # both timed at load, the verdict explained
+    if timed["kept"]:  # which way it goes depends on the processor: not asserted
+        assert onnx == {"lone": "onnx", "report": 2, "agrees": True}  # a second session, two threads
+    else:
+        assert onnx == {"lone": None, "report": None, "agrees": True}  # a lone image on the worker's own runtime
+    assert got["torch"]["lone"] is None and got["torch"]["timed"] is None  # torch's threads: one setting a process
     for name in ("onnx", "torch"):  # each size timed at load, and the batch limit chosen from them (not asserted:
         batches = got[f"{name} batches"]  # which size is cheapest depends on the processor)
         assert set(batches["report"]["ms_per_image"]) == {"1", "2", "4"}

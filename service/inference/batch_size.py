@@ -41,13 +41,18 @@ def time_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, r
     best: dict[int, float] = {}
     for _ in range(rounds):
         for size in batch_sizes(len(batch)):
-            calls, start = 0, time.perf_counter()
-            while calls == 0 or time.perf_counter() - start < least_seconds:
-                infer(batch[:size])
-                calls += 1
-            per_image = (time.perf_counter() - start) / (calls * size)
+            per_image = seconds_a_call(infer, batch[:size], least_seconds) / size
             best[size] = min(best.get(size, per_image), per_image)
     return best
+
+
+def seconds_a_call(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, least_seconds: float) -> float:
+    """The mean seconds of ``infer(batch)``, called for at least ``least_seconds`` (and at least once)."""
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < least_seconds:
+        infer(batch)
+        calls += 1
+    return (time.perf_counter() - start) / calls
 
 
 def batch_limit(per_image: dict[int, float], largest: int) -> tuple[int, str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from service.inference.batch_size import measured_limit
 from service.inference.drift import DriftMonitor
+from service.inference.lone import lone_verdict, time_lone
 from service.inference.measured import Measurement, measured_once
 from service.inference.options import InferenceOptions
 from service.inference.runtimes import OWN_THREAD_POOL, InferenceRuntime, build_runtime
@@ -97,16 +98,17 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         if found is None:  # measure here, the server's other workers waiting
             runtime, report = choose_runtime(stored, options, threads)
             clf = _warmed(Classifier(stored, runtime, options.max_pixels, report), options, threads)
+            _keep_lone_if_faster(clf, options)
             clf.batch_limit = options.max_batch_size
             if options.max_batch_size > 1:
                 per_image, clf.batch_limit, why = measured_limit(clf.infer, _zeros(clf, options.max_batch_size))
                 report["batch"] = {"ms_per_image": {str(k): round(v * 1000, 4) for k, v in per_image.items()},
                                    "limit": clf.batch_limit, "why": why}  # fmt: skip
             report["measured_in"] = f"worker {os.getpid()}"
-            keep.append(Measurement(runtime.name, report, clf.batch_limit))
+            keep.append(Measurement(runtime.name, report, clf.batch_limit, lone=clf.lone is not None))
     if found is not None:  # another worker of this server measured with these options: its verdicts
         runtime, _ = choose_runtime(stored, replace(options, runtime=found.runtime), threads)
-        clf = _warmed(Classifier(stored, runtime, options.max_pixels, found.report), options, threads)
+        clf = _warmed(Classifier(stored, runtime, options.max_pixels, found.report), options, threads, found.lone)
         clf.batch_limit = found.batch_limit
     report = clf.runtime_report
     reference = stored.drift_reference() if options.drift_sample > 0 else None
@@ -114,6 +116,8 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         clf.drift = DriftMonitor(reference, options.drift_sample, options.low_confidence)
     clf.load_seconds = time.perf_counter() - start
     lone = f", a lone image on {options.lone_threads} threads" if clf.lone else ""
+    if "lone_image" in report and not clf.lone:  # timed and not worth it: the log says why
+        lone = f", a lone image on its {threads} thread(s) ({report['lone_image']['why']})"
     batch = report.get("batch")  # the timings' verdict, logged either way: a worker that kept full batches says why
     batches = f", batches up to {clf.batch_limit} ({batch['why']})" if batch else ""
     measured = "" if found is None else f", as measured by {report['measured_in']}"
@@ -126,12 +130,12 @@ def _zeros(clf: Classifier, batch: int) -> np.ndarray:
     return np.zeros((batch, *clf.input_shape), np.float32)
 
 
-def _warmed(clf: Classifier, options: InferenceOptions, threads: int) -> Classifier:
-    """``clf`` with its runtime for a lone image (when it gets one) and every power-of-two batch size run once: a
-    runtime's first batch of a new size is slow. Kept apart from the batch timing, whose rounds would warm them
-    too: folded into it, 3 of 8 Lite0 workers on OpenVINO (AMD EPYC Zen 4) kept batches of 32, against 0 of 10
-    with this warm-up first."""
-    if (options.lone_threads or 0) > threads and clf.runtime.name in OWN_THREAD_POOL:
+def _warmed(clf: Classifier, options: InferenceOptions, threads: int, lone: bool = True) -> Classifier:
+    """``clf`` with its runtime for a lone image (when it gets one and ``lone``) and every power-of-two batch size
+    run once: a runtime's first batch of a new size is slow. Kept apart from the batch timing, whose rounds would
+    warm them too: folded into it, 3 of 8 Lite0 workers on OpenVINO (AMD EPYC Zen 4) kept batches of 32, against 0
+    of 10 with this warm-up first."""
+    if lone and (options.lone_threads or 0) > threads and clf.runtime.name in OWN_THREAD_POOL:
         # int8's calibrated export is cached by now, so no calibration images are needed again
         clf.lone = build_runtime(clf.runtime.name, clf.stored, options.lone_threads, calibration=lambda: iter(()),
                                  shared_cores=True)  # fmt: skip
@@ -142,3 +146,17 @@ def _warmed(clf: Classifier, options: InferenceOptions, threads: int) -> Classif
         size //= 2
     clf.infer_alone(warm[:1])
     return clf
+
+
+def _keep_lone_if_faster(clf: Classifier, options: InferenceOptions) -> None:
+    """Time one image on the worker's runtime and on the lone one, and drop the lone one unless it is worth its
+    threads (:mod:`service.inference.lone`); the timings and the verdict go in the report."""
+    if clf.lone is None:
+        return
+    shared, lone = time_lone(clf.infer, clf.infer_alone, _zeros(clf, 1))
+    kept, why = lone_verdict(shared, lone, options.lone_threads or 0)
+    clf.runtime_report["lone_image"] = {"ms": {"shared": round(shared * 1000, 4), "lone": round(lone * 1000, 4)},
+                                        "kept": kept, "why": why}  # fmt: skip
+    if not kept:
+        clf.lone = None
+        clf.runtime_report.pop("lone_image_threads", None)

@@ -30,11 +30,12 @@ RECORD = "measured.json"
 @dataclass
 class Measurement:
     """What a worker measured, for the others: the runtime chosen, ``GET /model``'s report of the choice (with
-    the batch timings) and the batch limit."""
+    the batch and lone-image timings), the batch limit and whether a lone image gets every core."""
 
     runtime: str
     report: dict
     batch_limit: int
+    lone: bool = False
 
 
 def server_key() -> str:
