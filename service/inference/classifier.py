@@ -98,7 +98,7 @@ def build_classifier(stored: StoredModel, options: InferenceOptions, started: fl
         if found is None:  # measure here, the server's other workers waiting
             runtime, report = choose_runtime(stored, options, threads)
             clf = _warmed(Classifier(stored, runtime, options.max_pixels, report), options, threads)
-            _keep_lone_if_faster(clf, options)
+            _keep_lone_if_worth_it(clf, options)
             clf.batch_limit = options.max_batch_size
             if options.max_batch_size > 1:
                 per_image, clf.batch_limit, why = measured_limit(clf.infer, _zeros(clf, options.max_batch_size))
@@ -148,7 +148,7 @@ def _warmed(clf: Classifier, options: InferenceOptions, threads: int, lone: bool
     return clf
 
 
-def _keep_lone_if_faster(clf: Classifier, options: InferenceOptions) -> None:
+def _keep_lone_if_worth_it(clf: Classifier, options: InferenceOptions) -> None:
     """Time one image on the worker's runtime and on the lone one, and drop the lone one unless it is worth its
     threads (:mod:`service.inference.lone`); the timings and the verdict go in the report."""
     if clf.lone is None:
